@@ -1,0 +1,25 @@
+"""Pluggable environments for icrl: the protocol, the registry and the built-in task families."""
+
+# Importing the built-in families registers them.
+from environments import math as _math  # noqa: E402,F401
+from environments.base import (
+    EnvError,
+    Environment,
+    Episode,
+    StepResult,
+    Task,
+    available,
+    make,
+    register,
+)
+
+__all__ = [
+    "Environment",
+    "EnvError",
+    "Episode",
+    "StepResult",
+    "Task",
+    "available",
+    "make",
+    "register",
+]

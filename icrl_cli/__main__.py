@@ -1,0 +1,3 @@
+from icrl_cli.app import main
+
+main()

@@ -1,0 +1,180 @@
+"""The `icrl` command line: one small function per subcommand, wiring only."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import environments
+from environments import EnvError
+from icrl_cli.config import ConfigError, list_presets, load_run_config, resolve
+from icrl_cli.models import ModelLoadError
+
+app = typer.Typer(
+    name="icrl",
+    help="Reinforcement learning of language models that learn to be solver and critic, "
+    "and to do without the critic.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+DEFAULT_PRESET = "tiny-math"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    """A user's mistake becomes one red line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, EnvError, ModelLoadError) as err:
+            errors.print(f"[red]error:[/red] {err}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def not_built(command: str, issue: str) -> None:
+    errors.print(f"icrl {command} is not built yet (it arrives with {issue}).")
+    raise typer.Exit(2)
+
+
+@app.command()
+@user_errors
+def train(
+    preset: Annotated[
+        str | None, typer.Option(help=f"Preset name or TOML path (default {DEFAULT_PRESET}).")
+    ] = None,
+    env: Annotated[str | None, typer.Option(help="Environment name (env.name).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model: tiny, hub id, short name or local directory.")
+    ] = None,
+    algo: Annotated[str | None, typer.Option(help="grpo | icrl | critique-grpo.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps (train.steps).")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (train.seed).")] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run in this directory from its last checkpoint."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override any config key: --set train.lr=1e-5 (repeatable)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the resolved configuration and stop.")
+    ] = False,
+) -> None:
+    """Train with GRPO, ICRL or Critique-GRPO (default: the tiny model on synthetic math)."""
+    from icrl_cli.config import apply_override, build_config, parse_override, to_toml
+
+    overrides = list(set_ or [])
+    for key, value in (
+        ("env.name", env),
+        ("model.name", model),
+        ("algo.name", algo),
+        ("train.steps", steps),
+        ("train.seed", seed),
+    ):
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    if resume is not None:
+        if not (resume / "config.toml").is_file():
+            raise ConfigError(f"--resume {resume}: no config.toml there (not a run directory)")
+        data = load_run_config(resume / "config.toml").model_dump(mode="json", exclude_none=True)
+        for text in overrides:
+            apply_override(data, *parse_override(text))
+        config = build_config(data)
+        run_dir = resume
+    else:
+        config = resolve(preset or DEFAULT_PRESET, overrides)
+        from icrl_cli.trainer.loop import default_run_dir
+
+        run_dir = output_dir or (
+            Path(config.train.output_dir) if config.train.output_dir else default_run_dir(config)
+        )
+    if dry_run:
+        console.print(f"[bold]run directory:[/bold] {run_dir}")
+        console.print(to_toml(config), highlight=False, markup=False)
+        return
+    from icrl_cli.trainer.loop import train as run_training
+
+    final = run_training(config, run_dir, resume=resume is not None, console=errors)
+    console.print(f"done: {final}")
+
+
+@app.command()
+def presets() -> None:
+    """List the bundled presets."""
+    table = Table("preset", "file")
+    for name, path in list_presets().items():
+        table.add_row(name, str(path))
+    console.print(table)
+
+
+@app.command()
+def envs() -> None:
+    """List the registered environments."""
+    for name in environments.available():
+        console.print(name)
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    model: Annotated[
+        str, typer.Option(help="Model: tiny, a run's final/, a hub id or a directory.")
+    ],
+    env: Annotated[str, typer.Option(help="Environment name.")] = "math",
+    data: Annotated[
+        str, typer.Option(help="Dataset: synthetic, gsm8k, math500, a file or hf:REPO[:CONFIG].")
+    ] = "synthetic",
+    split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "test",
+    limit: Annotated[int | None, typer.Option(min=1, help="Evaluate the first N tasks.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write the result as JSON here.")] = None,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 512,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Critique-free success of one attempt per task (success_round1)."""
+    from icrl_cli.evaluation.evaluate import evaluate
+
+    environment = environments.make(env, data=data)
+    result = evaluate(
+        model, environment, env, data, split, limit, max_new_tokens, temperature, seed
+    )
+    table = Table("metric", "value", title=f"{model} on {env}:{data} ({split}, n={result.n})")
+    table.add_row("success_round1", f"{result.success_round1:.3f}")
+    table.add_row("reward_mean", f"{result.reward_mean:.3f}")
+    table.add_row("response_tokens_mean", f"{result.response_tokens_mean:.1f}")
+    console.print(table)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+
+
+@app.command()
+def rollout() -> None:
+    """Run sessions without training and dump every sample as JSON lines (not built yet)."""
+    not_built("rollout", "the measuring issue")
+
+
+@app.command("critique-compare")
+def critique_compare() -> None:
+    """Compare critics by the fixes they bring and the tokens they spend (not built yet)."""
+    not_built("critique-compare", "the measuring issue")
+
+
+def main() -> None:
+    app()

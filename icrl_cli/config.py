@@ -1,0 +1,247 @@
+"""A run's configuration: pydantic models, TOML presets and ``--set dotted.key=value`` overrides.
+
+Every field says what it does and when to change it. Unknown keys are rejected, so a typo in a
+preset or an override fails loudly instead of silently training with a default.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ALGORITHMS = ("grpo", "icrl", "critique-grpo")
+BUILT_ALGORITHMS = ("grpo",)
+
+
+class ConfigError(ValueError):
+    """A user's mistake in a preset, an override or a flag; the message is one line."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field(
+        "tiny",
+        description="What to train: 'tiny' (the embedded few-million-parameter default, built "
+        "locally and cached), a local Hugging Face model directory, a hub id such as "
+        "'Qwen/Qwen3-4B', or a short name such as 'Qwen3-4B'.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Parameter dtype; 'auto' is bfloat16 on a GPU and float32 on a CPU."
+    )
+    device: str = Field(
+        "auto", description="'auto' (cuda when available, else cpu), 'cpu', 'cuda' or 'cuda:N'."
+    )
+    enable_thinking: bool = Field(
+        False, description="Qwen3 thinking mode: passed to the chat template."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Allow model code from the hub (only for models that need it)."
+    )
+
+
+class EnvConfig(Section):
+    name: str = Field("math", description="A registered environment (see `icrl envs`).")
+    data: str = Field(
+        "synthetic",
+        description="For math: 'synthetic', 'gsm8k', 'math500', a .jsonl/.parquet file, or "
+        "'hf:REPO[:CONFIG]' for a Hugging Face dataset.",
+    )
+    train_split: str = Field("train", description="Split the training queries are drawn from.")
+    eval_split: str = Field("test", description="Split `icrl eval` uses when none is given.")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra keyword options for the environment's factory "
+        "(for math: question_field, answer_field, digits, terms, test_size, seed).",
+    )
+
+
+class AlgoConfig(Section):
+    name: Literal["grpo", "icrl", "critique-grpo"] = Field(
+        "grpo", description="The algorithm: 'grpo', 'icrl' or 'critique-grpo'."
+    )
+    sessions_per_query: int = Field(
+        8, ge=2, description="G: sessions (samples) per query; advantages are normalised in it."
+    )
+    eps_low: float = Field(0.2, ge=0.0, description="Lower PPO clip width ε_low.")
+    eps_high: float = Field(0.28, ge=0.0, description="Upper PPO clip width ε_high (DAPO).")
+    kl_coef: float = Field(
+        0.0,
+        ge=0.0,
+        description="Weight of the k3 KL penalty to the initial model; 0 skips loading it.",
+    )
+    normalize_std: bool = Field(
+        True, description="Divide advantages by the group's std (False is Dr. GRPO)."
+    )
+    adv_eps: float = Field(1e-6, gt=0.0, description="δ in (r − mean) / (std + δ).")
+    loss_aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = (
+        Field(
+            "seq-mean-token-mean",
+            description="How per-token losses become one number: per-sample token mean then "
+            "sample mean (GRPO/ICRL), global token mean (DAPO), or a constant "
+            "samples × max_new_tokens divisor (Dr. GRPO).",
+        )
+    )
+
+
+class GenerationConfig(Section):
+    backend: Literal["hf"] = Field(
+        "hf", description="Generation backend: 'hf' (transformers generate, CPU or GPU)."
+    )
+    max_new_tokens: int = Field(512, ge=1, description="Stop a response after this many tokens.")
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    batch_size: int = Field(
+        256,
+        ge=1,
+        description="Prompts per generate call; lower it if generation runs out of memory.",
+    )
+
+
+class TrainConfig(Section):
+    steps: int = Field(200, ge=1, description="Optimizer steps (one rollout batch each).")
+    queries_per_step: int = Field(8, ge=1, description="B: queries sampled per step.")
+    lr: float = Field(1e-6, gt=0.0, description="AdamW learning rate (constant).")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Clip the global gradient norm.")
+    micro_batch_size: int = Field(
+        64,
+        ge=1,
+        description="Samples per forward/backward; gradients are accumulated so the result "
+        "does not depend on it, only memory does.",
+    )
+    save_every: int = Field(0, ge=0, description="Steps between checkpoints; 0 writes only final/.")
+    keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
+    samples_every: int = Field(
+        10, ge=0, description="Write samples/step-N.jsonl every this many steps; 0 never."
+    )
+    seed: int = Field(0, description="Seeds data order, sampling and initialisation.")
+    output_dir: str | None = Field(
+        None, description="Run directory; default runs/<preset-or-env>-<algo>-<time>."
+    )
+
+
+class RunConfig(Section):
+    preset: str | None = Field(None, description="The preset this run started from, if any.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    algo: AlgoConfig = Field(default_factory=AlgoConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.algo.eps_low >= 1.0:
+            raise ValueError("algo.eps_low must be below 1: a ratio clipped at 0 stops learning")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets and overrides
+
+
+def preset_dir() -> Path:
+    """The folder of bundled presets (the top-level `presets/`, installed as package data)."""
+    return Path(str(resources.files("presets")))
+
+
+def list_presets() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(preset_dir().glob("*.toml"))}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    """A preset by name (see `icrl presets`) or by path to a TOML file, as a plain dict."""
+    presets = list_presets()
+    if name_or_path in presets:
+        data = _read_toml(presets[name_or_path])
+        data.setdefault("preset", name_or_path)
+        return data
+    path = Path(name_or_path)
+    if path.suffix == ".toml" and path.is_file():
+        data = _read_toml(path)
+        data.setdefault("preset", path.stem)
+        return data
+    raise ConfigError(
+        f"unknown preset '{name_or_path}'; choose one of: {', '.join(presets)} (or a .toml path)"
+    )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` → (['a', 'b'], value); the value is TOML if it parses, else text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects dotted.key=value, got '{text}'")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set '{'.'.join(keys)}': '{k}' is not a section")
+    node[keys[-1]] = value
+
+
+def _valid_keys(model: type[BaseModel], path: tuple[str | int, ...]) -> list[str]:
+    for part in path[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return sorted(model.model_fields)
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def build_config(data: dict[str, Any]) -> RunConfig:
+    """Validate a dict into a RunConfig; the first problem becomes one readable ConfigError."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = first["loc"]
+        key = ".".join(str(p) for p in loc)
+        if first["type"] == "extra_forbidden":
+            valid = _valid_keys(RunConfig, loc)
+            raise ConfigError(
+                f"unknown config key '{key}'; valid keys here: {', '.join(valid)}"
+            ) from None
+        if first["type"] == "literal_error":
+            raise ConfigError(f"invalid value for '{key}': {first['msg']}") from None
+        where = f"'{key}'" if key else "config"
+        raise ConfigError(f"invalid value for {where}: {first['msg']}") from None
+
+
+def resolve(preset: str | None, overrides: list[str]) -> RunConfig:
+    data = load_preset(preset) if preset else {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(data, keys, value)
+    return build_config(data)
+
+
+def to_toml(config: RunConfig) -> str:
+    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))
+
+
+def load_run_config(path: Path) -> RunConfig:
+    return build_config(_read_toml(path))

@@ -1,0 +1,99 @@
+"""Load a causal LM and its tokenizer by hub id, short name or local directory.
+
+``tiny`` is resolved by :mod:`icrl_cli.tiny`, which builds (once) and caches the embedded default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+# Short names users type, mapped to the organisation that publishes them on the hub.
+_SHORT_NAME_ORGS = (
+    (re.compile(r"^(Qwen[\d.]+|QwQ)-", re.IGNORECASE), "Qwen"),
+    (re.compile(r"^Llama-3", re.IGNORECASE), "meta-llama"),
+)
+
+
+class ModelLoadError(ValueError):
+    """The model could not be found or loaded; the message is one line for the user."""
+
+
+def resolve_model_name(name: str) -> str:
+    """'tiny' → the cached tiny model directory; 'Qwen3-4B' → 'Qwen/Qwen3-4B'; paths stay paths."""
+    if name == "tiny":
+        from icrl_cli.tiny import tiny_model_dir
+
+        return str(tiny_model_dir())
+    if Path(name).expanduser().exists():
+        return str(Path(name).expanduser())
+    if name.startswith((".", "/", "~")) or name.endswith(os.sep):
+        raise ModelLoadError(f"model path '{name}' does not exist")
+    if "/" not in name:
+        for pattern, org in _SHORT_NAME_ORGS:
+            if pattern.match(name):
+                return f"{org}/{name}"
+        raise ModelLoadError(
+            f"model '{name}' is neither a local directory nor a hub id (organisation/name)"
+        )
+    return name
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    path = resolve_model_name(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise ModelLoadError(_not_available(path, err)) from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    name: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model on ``device`` in ``dtype`` plus its tokenizer; raises ModelLoadError with one line."""
+    path = resolve_model_name(name)
+    torch_device = pick_device(device)
+    tokenizer = load_tokenizer(path, trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=pick_dtype(dtype, torch_device), trust_remote_code=trust_remote_code
+        )
+    except OSError as err:
+        raise ModelLoadError(_not_available(path, err)) from None
+    return model.to(torch_device), tokenizer
+
+
+def _not_available(path: str, err: Exception) -> str:
+    if Path(path).exists():
+        return f"'{path}' is not a loadable model directory ({str(err).splitlines()[0]})"
+    return (
+        f"model '{path}' is not available locally and could not be downloaded from the hub "
+        "(offline, or no such repository); pass a local model directory"
+    )

@@ -1,0 +1,1 @@
+"""Sessions of solve, critique and revise, and the Sample records they produce."""

@@ -1,0 +1,49 @@
+"""The Sample record: one generated turn-sequence and everything training needs to know about it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Role = Literal["solver", "critic"]
+
+
+@dataclass
+class Sample:
+    """One generated response.
+
+    ``prompt_ids`` is the *training* context (for every solver sample the critique-free solver
+    prompt); ``behavior_prompt_ids`` is the context it was actually sampled under. They differ
+    only for revisions. ``behavior_logprobs`` are per response token, under the behavior context,
+    at the weights that sampled it. Token ids are never re-derived from ``text``.
+    """
+
+    query_id: str
+    session: int
+    round: int
+    role: Role
+    prompt_ids: list[int]
+    behavior_prompt_ids: list[int]
+    response_ids: list[int]
+    loss_mask: list[int]
+    behavior_logprobs: list[float]
+    reward: float = 0.0
+    advantage: float = 0.0
+    text: str = ""
+    finish_reason: str = "stop"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def success(self) -> bool:
+        return self.reward == 1.0
+
+    def to_json(self, tokenizer: Any | None = None) -> dict[str, Any]:
+        """A JSON-ready view for samples/step-N.jsonl: texts and numbers, not token lists."""
+        record = asdict(self)
+        for key in ("prompt_ids", "behavior_prompt_ids", "response_ids", "loss_mask"):
+            record.pop(key)
+        record.pop("behavior_logprobs")
+        record["response_tokens"] = len(self.response_ids)
+        if tokenizer is not None:
+            record["prompt"] = tokenizer.decode(self.prompt_ids)
+        return record

@@ -1,0 +1,1 @@
+"""The trainer: pure algorithm math, log-probs, and the RL loop."""

@@ -1,0 +1,423 @@
+"""The RL loop, top to bottom: sample queries, roll out, score, update, log, checkpoint, resume.
+
+A run directory holds ``config.toml`` (re-runnable), ``metrics.jsonl`` (one object per step),
+``samples/step-N.jsonl``, ``checkpoints/step-N/`` (written atomically) and ``final/`` (a Hugging
+Face model directory).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+import environments
+from environments import Environment, Task
+from environments.math import grading
+from icrl_cli.config import BUILT_ALGORITHMS, ConfigError, RunConfig, to_toml
+from icrl_cli.generation.hf import HFBackend
+from icrl_cli.models import load_model
+from icrl_cli.rollout.samples import Sample
+from icrl_cli.rollout.sessions import first_attempts
+from icrl_cli.trainer.algorithms import (
+    aggregate_loss,
+    clipped_policy_loss,
+    kl_k3,
+    role_wise_advantages,
+)
+from icrl_cli.trainer.policy import collate, response_logprobs
+
+CHECKPOINT_PREFIX = "step-"
+
+
+class QuerySampler:
+    """Draws queries in a seeded order, a fresh permutation each epoch; its state is two ints."""
+
+    def __init__(self, tasks: list[Task], seed: int) -> None:
+        self.tasks, self.seed = tasks, seed
+        self.epoch, self.position = 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        order = list(range(len(self.tasks)))
+        random.Random(self.seed * 100_003 + self.epoch).shuffle(order)
+        return order
+
+    def next(self, n: int) -> list[Task]:
+        batch = []
+        for _ in range(n):
+            if self.position == len(self._order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._permutation()
+            batch.append(self.tasks[self._order[self.position]])
+            self.position += 1
+        return batch
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._permutation()
+
+
+def make_environment(config: RunConfig) -> Environment:
+    return environments.make(config.env.name, data=config.env.data, **config.env.options)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class UpdateStats:
+    loss_policy: float
+    loss_kl: float
+    clip_frac: float
+    entropy: float
+    grad_norm: float
+    logprob_mismatch: float
+    skipped: bool
+
+
+def policy_update(
+    model: PreTrainedModel,
+    ref_model: PreTrainedModel | None,
+    optimizer: torch.optim.Optimizer,
+    samples: list[Sample],
+    config: RunConfig,
+    pad_id: int,
+) -> UpdateStats:
+    """One optimizer step on ``samples``, accumulated over micro-batches (Eq. 6 with w ≡ 1).
+
+    With one update per rollout batch, π_old is the current policy, so ρ ≡ 1 in value while its
+    gradient is ∇log π (the on-policy GRPO gradient). A non-finite loss or gradient norm skips
+    the step and leaves the weights untouched.
+    """
+    algo, device = config.algo, model.device
+    num_samples = len(samples)
+    num_tokens = int(sum(sum(s.loss_mask) for s in samples))
+    totals = {"policy": 0.0, "kl": 0.0, "clip": 0.0, "entropy": 0.0, "mismatch": 0.0}
+    optimizer.zero_grad(set_to_none=True)
+    model.train()
+    size = config.train.micro_batch_size
+    for start in range(0, num_samples, size):
+        batch = collate(samples[start : start + size], pad_id, device)
+        logprobs, entropy = response_logprobs(model, batch, with_entropy=True)
+        old_logprobs = logprobs.detach()
+        per_token, clip_active = clipped_policy_loss(
+            logprobs, old_logprobs, batch.advantages, algo.eps_low, algo.eps_high
+        )
+
+        reduce = functools.partial(
+            aggregate_loss,
+            mask=batch.mask,
+            mode=algo.loss_aggregation,
+            num_samples=num_samples,
+            num_tokens=num_tokens,
+            max_new_tokens=config.generation.max_new_tokens,
+        )
+
+        policy_loss = reduce(per_token)
+        loss = policy_loss
+        if ref_model is not None:
+            with torch.no_grad():
+                ref_logprobs, _ = response_logprobs(ref_model, batch)
+            kl_loss = reduce(kl_k3(logprobs, ref_logprobs))
+            loss = loss + algo.kl_coef * kl_loss
+            totals["kl"] += kl_loss.item()
+        loss.backward()
+        totals["policy"] += policy_loss.item()
+        totals["clip"] += (clip_active * batch.mask).sum().item()
+        totals["entropy"] += (entropy * batch.mask).sum().item()
+        totals["mismatch"] += (
+            ((old_logprobs - batch.behavior_logprobs).abs() * batch.mask).sum().item()
+        )
+    grad_norm = float(
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
+    )
+    skipped = not (
+        math.isfinite(totals["policy"]) and math.isfinite(totals["kl"]) and math.isfinite(grad_norm)
+    )
+    if skipped:
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.step()
+    per_token = max(num_tokens, 1)
+    return UpdateStats(
+        loss_policy=totals["policy"],
+        loss_kl=totals["kl"],
+        clip_frac=totals["clip"] / per_token,
+        entropy=totals["entropy"] / per_token,
+        grad_norm=grad_norm,
+        logprob_mismatch=totals["mismatch"] / per_token,
+        skipped=skipped,
+    )
+
+
+def assign_advantages(samples: list[Sample], config: RunConfig) -> None:
+    rewards = torch.tensor([s.reward for s in samples])
+    advantages = role_wise_advantages(
+        rewards,
+        [s.query_id for s in samples],
+        [s.role for s in samples],
+        eps=config.algo.adv_eps,
+        normalize_std=config.algo.normalize_std,
+    )
+    for sample, adv in zip(samples, advantages.tolist(), strict=True):
+        sample.advantage = adv
+
+
+def zero_std_fraction(samples: list[Sample]) -> float:
+    groups: dict[str, set[float]] = {}
+    for s in samples:
+        groups.setdefault(s.query_id, set()).add(s.reward)
+    return sum(len(r) == 1 for r in groups.values()) / max(len(groups), 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2))
+
+
+def save_model_dir(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path
+) -> None:
+    """Write a Hugging Face model directory atomically (a partial copy never has the final name)."""
+    partial = target.parent / f".{target.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(partial, target)
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
+    root = run_dir / "checkpoints"
+    root.mkdir(exist_ok=True)
+    partial = root / f".{CHECKPOINT_PREFIX}{step}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+    torch.save(
+        {
+            "python": random.getstate(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        partial / "rng.pt",
+    )
+    _write_json(partial / "trainer_state.json", {"step": step, **state})
+    target = root / f"{CHECKPOINT_PREFIX}{step}"
+    os.replace(partial, target)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old)
+    return target
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (partial ones start with a dot and are ignored)."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metric lines written after the checkpoint we resume from (a killed run's tail)."""
+    if not path.exists():
+        return
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line and json.loads(line)["step"] <= last_step
+    ]
+    partial = path.with_suffix(".partial")
+    partial.write_text("".join(line + "\n" for line in kept))
+    os.replace(partial, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def default_run_dir(config: RunConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.preset or config.env.name}-{config.algo.name}-{stamp}"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(
+    config: RunConfig, run_dir: Path, resume: bool = False, console: Console | None = None
+) -> Path:
+    """Run (or continue) training into ``run_dir``; returns the path of ``final/``."""
+    console = console or Console(stderr=True)
+    if config.algo.name not in BUILT_ALGORITHMS:
+        built = ", ".join(BUILT_ALGORITHMS)
+        raise ConfigError(
+            f"algorithm '{config.algo.name}' is not built yet; available now: {built}"
+        )
+    env = make_environment(config)
+    train_tasks = list(env.tasks(config.env.train_split))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(to_toml(config))
+    seed_everything(config.train.seed)
+    checkpoints = list_checkpoints(run_dir) if resume else []
+    model_source = str(checkpoints[-1]) if checkpoints else config.model.name
+    model, tokenizer = load_model(
+        model_source, config.model.device, config.model.dtype, config.model.trust_remote_code
+    )
+    ref_model = None
+    if config.algo.kl_coef > 0:
+        ref_model, _ = load_model(
+            config.model.name,
+            config.model.device,
+            config.model.dtype,
+            config.model.trust_remote_code,
+        )
+        ref_model.eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=config.train.lr,
+        betas=config.train.betas,
+        weight_decay=config.train.weight_decay,
+    )
+    sampler = QuerySampler(train_tasks, config.train.seed)
+    backend = HFBackend(model, tokenizer, config.generation.batch_size)
+    start_step, skipped_steps = 0, 0
+    metrics_path = run_dir / "metrics.jsonl"
+    if checkpoints:
+        ckpt = checkpoints[-1]
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=model.device))
+        rng = torch.load(ckpt / "rng.pt", weights_only=False)
+        random.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        sampler.restore(state["sampler"])
+        start_step, skipped_steps = state["step"], state["skipped_steps"]
+        truncate_metrics(metrics_path, start_step)
+        console.print(f"resuming from {ckpt} (step {start_step})")
+    elif resume:
+        console.print(f"no checkpoint in {run_dir}; starting from step 0")
+        metrics_path.unlink(missing_ok=True)
+    else:
+        metrics_path.unlink(missing_ok=True)
+
+    gen = config.generation
+    progress = Progress(
+        TextColumn("[bold]train[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    with progress, metrics_path.open("a") as metrics_file:
+        bar = progress.add_task("train", total=config.train.steps, completed=start_step, info="")
+        for step in range(start_step + 1, config.train.steps + 1):
+            timeouts_before = grading.timeouts()
+            started = time.perf_counter()
+            queries = sampler.next(config.train.queries_per_step)
+            samples = first_attempts(
+                backend,
+                tokenizer,
+                env,
+                queries,
+                config.algo.sessions_per_query,
+                gen.max_new_tokens,
+                gen.temperature,
+                gen.top_p,
+                config.model.enable_thinking,
+            )
+            rollout_time = time.perf_counter() - started
+            assign_advantages(samples, config)
+            started = time.perf_counter()
+            stats = policy_update(
+                model, ref_model, optimizer, samples, config, tokenizer.pad_token_id
+            )
+            backend.sync_weights()
+            update_time = time.perf_counter() - started
+            skipped_steps += stats.skipped
+            response_tokens = sum(len(s.response_ids) for s in samples)
+            record = {
+                "step": step,
+                "solver/reward_mean": sum(s.reward for s in samples) / len(samples),
+                "solver/success_round1": sum(s.success for s in samples) / len(samples),
+                "solver/response_tokens_mean": response_tokens / len(samples),
+                "solver/frac_reward_zero_std": zero_std_fraction(samples),
+                "loss/policy": stats.loss_policy,
+                "loss/kl": stats.loss_kl,
+                "loss/clip_frac": stats.clip_frac,
+                "entropy": stats.entropy,
+                "grad_norm": stats.grad_norm,
+                "logprob/behavior_abs_diff": stats.logprob_mismatch,
+                "train/skipped_steps": skipped_steps,
+                "env/grader_timeouts": grading.timeouts() - timeouts_before,
+                "time/rollout": rollout_time,
+                "time/update": update_time,
+                "throughput/tokens_per_s": response_tokens / (rollout_time + update_time),
+                "memory/peak_mb": peak_memory_mb(model.device),
+            }
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            if config.train.samples_every and step % config.train.samples_every == 0:
+                sample_dir = run_dir / "samples"
+                sample_dir.mkdir(exist_ok=True)
+                with (sample_dir / f"step-{step}.jsonl").open("w") as f:
+                    for s in samples:
+                        f.write(json.dumps(s.to_json()) + "\n")
+            if config.train.save_every and step % config.train.save_every == 0:
+                save_checkpoint(
+                    run_dir,
+                    step,
+                    model,
+                    tokenizer,
+                    optimizer,
+                    {"skipped_steps": skipped_steps, "sampler": sampler.state()},
+                    config.train.keep_checkpoints,
+                )
+            progress.update(
+                bar,
+                advance=1,
+                info=f"reward {record['solver/reward_mean']:.3f}  skipped {skipped_steps}",
+            )
+    final = run_dir / "final"
+    save_model_dir(model, tokenizer, final)
+    return final

@@ -1,0 +1,1 @@
+"""Bundled run presets (TOML); a package only so that they install with icrl."""
