@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 import environments
 from environments import EnvError
@@ -39,7 +40,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (ConfigError, EnvError, ModelLoadError) as err:
-            errors.print(f"[red]error:[/red] {err}", highlight=False)
+            errors.print(Text("error: ", style="red") + Text(str(err)), soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

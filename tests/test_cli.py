@@ -1,0 +1,74 @@
+"""The command line: commands are listed, bad input gets one line and exit 2, never a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from icrl_cli.app import app
+
+runner = CliRunner()
+
+
+def test_help_lists_the_subcommands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("rollout", "train", "eval", "critique-compare", "presets"):
+        assert command in result.output
+
+
+@pytest.mark.parametrize("command", ["rollout", "critique-compare"])
+def test_commands_not_built_yet_say_so_and_exit_2(command):
+    result = runner.invoke(app, [command])
+    assert result.exit_code == 2
+    assert "not built yet" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["train", "--preset", "nope"], "unknown preset 'nope'; choose one of: "),
+        (["train", "--set", "train.nope=1"], "unknown config key 'train.nope'"),
+        (["train", "--algo", "ppo"], "'grpo', 'icrl' or 'critique-grpo'"),
+        (["train", "--env", "nope"], "unknown environment 'nope'; choose one of: math"),
+        (["train", "--algo", "icrl"], "not built yet"),
+        (["train", "--set", "train"], "--set expects dotted.key=value"),
+        (["eval", "--model", "./no/such/dir"], "model path './no/such/dir' does not exist"),
+        (["eval", "--model", "tiny", "--data", "/no/file.jsonl"], "/no/file.jsonl"),
+        (["eval", "--model", "tiny", "--split", "validation"], "validation"),
+    ],
+)
+def test_user_errors_are_one_line(args, expected):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert expected in result.output
+    assert "Traceback" not in result.output
+
+
+def test_presets_command_lists_tiny_math():
+    result = runner.invoke(app, ["presets"])
+    assert result.exit_code == 0 and "tiny-math" in result.output
+
+
+def test_dry_run_prints_the_resolved_plan_without_loading_weights(tmp_path):
+    result = runner.invoke(
+        app, ["train", "--model", "Qwen3-4B", "--dry-run", "--output-dir", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 0, result.output
+    assert 'name = "Qwen3-4B"' in result.output
+    assert "steps = 300" in result.output
+
+
+def test_a_real_process_prints_no_traceback_for_a_bad_key():
+    proc = subprocess.run(
+        [sys.executable, "-m", "icrl_cli", "train", "--set", "algo.nope=1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown config key 'algo.nope'; valid keys here: adv_eps, eps_high, eps_low, "
+        "kl_coef, loss_aggregation, name, normalize_std, sessions_per_query"
+    ]

@@ -1,0 +1,108 @@
+"""The HF backend: log-probs match an independent forward pass; stops; batching is invisible."""
+
+import pytest
+import torch
+
+from icrl_cli.generation.hf import HFBackend
+from icrl_cli.rollout.samples import Sample
+from icrl_cli.trainer.policy import collate, response_logprobs
+
+
+def _prompts(tokenizer):
+    texts = ["12+34", "5+6", "99+1+7"]
+    return [
+        tokenizer.encode(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True
+            ),
+            add_special_tokens=False,
+        )
+        for t in texts
+    ]
+
+
+def _full_forward_logprobs(model, prompt, response):
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        logits = model(ids).logits[0].float()
+    logp = torch.log_softmax(logits, -1)
+    return [logp[len(prompt) - 1 + t, tok].item() for t, tok in enumerate(response)]
+
+
+def test_logprobs_match_a_full_forward(random_tiny):
+    model, tokenizer = random_tiny
+    backend = HFBackend(model, tokenizer)
+    prompts = _prompts(tokenizer)
+    torch.manual_seed(1)
+    outs = backend.generate(prompts, max_new_tokens=8, temperature=1.0)
+    for prompt, out in zip(prompts, outs, strict=True):
+        assert len(out.token_ids) == len(out.logprobs) >= 1
+        expected = _full_forward_logprobs(model, prompt, out.token_ids)
+        assert out.logprobs == pytest.approx(expected, abs=1e-4)
+
+
+def test_temperature_scales_the_logprobs(random_tiny):
+    model, tokenizer = random_tiny
+    prompt = _prompts(tokenizer)[0]
+    torch.manual_seed(2)
+    out = HFBackend(model, tokenizer).generate([prompt], max_new_tokens=4, temperature=0.5)[0]
+    ids = torch.tensor([prompt + out.token_ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0].float() / 0.5
+    logp = torch.log_softmax(logits, -1)
+    expected = [logp[len(prompt) - 1 + t, tok].item() for t, tok in enumerate(out.token_ids)]
+    assert out.logprobs == pytest.approx(expected, abs=1e-4)
+
+
+def _bias_token(model, token, value):
+    """Add ``value`` to one token's logit at every position (a forward hook on the LM head)."""
+    bias = torch.zeros(model.config.vocab_size)
+    bias[token] = value
+    return model.lm_head.register_forward_hook(lambda _module, _inp, out: out + bias)
+
+
+def test_stops_at_eos_or_at_the_token_budget(random_tiny):
+    model, tokenizer = random_tiny
+    eos = tokenizer.eos_token_id
+    backend = HFBackend(model, tokenizer)
+    prompts = _prompts(tokenizer)
+    hook = _bias_token(model, eos, 100.0)
+    outs = backend.generate(prompts, max_new_tokens=6)
+    hook.remove()
+    assert all(o.token_ids == [eos] and o.finish_reason == "stop" for o in outs)
+    hook = _bias_token(model, eos, -1e9)
+    outs = backend.generate(prompts, max_new_tokens=5)
+    hook.remove()
+    assert all(len(o.token_ids) == 5 and o.finish_reason == "length" for o in outs)
+
+
+def test_batched_greedy_equals_one_at_a_time(random_tiny):
+    model, tokenizer = random_tiny
+    backend = HFBackend(model, tokenizer)
+    prompts = _prompts(tokenizer)
+    batched = backend.generate(prompts, max_new_tokens=6, temperature=0.0)
+    for prompt, out in zip(prompts, batched, strict=True):
+        alone = backend.generate([prompt], max_new_tokens=6, temperature=0.0)[0]
+        assert out.token_ids == alone.token_ids
+
+
+def test_training_forward_sees_exactly_the_sampled_tokens(random_tiny):
+    model, tokenizer = random_tiny
+    prompts = _prompts(tokenizer)
+    torch.manual_seed(3)
+    outs = HFBackend(model, tokenizer).generate(prompts, max_new_tokens=7)
+    samples = [
+        Sample("q", i, 1, "solver", p, p, o.token_ids, [1] * len(o.token_ids), o.logprobs)
+        for i, (p, o) in enumerate(zip(prompts, outs, strict=True))
+    ]
+    batch = collate(samples, tokenizer.pad_token_id, torch.device("cpu"))
+    with torch.no_grad():
+        logp, entropy = response_logprobs(model, batch, with_entropy=True)
+    for row, (p, o) in enumerate(zip(prompts, outs, strict=True)):
+        n = len(o.token_ids)
+        assert batch.response_ids[row, :n].tolist() == o.token_ids
+        assert batch.mask[row].sum().item() == n
+        assert logp[row, :n].tolist() == pytest.approx(
+            _full_forward_logprobs(model, p, o.token_ids), abs=1e-4
+        )
+    assert (entropy > 0).all()
