@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from transformers import (
@@ -60,8 +62,43 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return getattr(torch, dtype)
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers a TCP connection (offline mode counts as no).
+
+    Checked before a download so that an offline machine fails in seconds with one clear line,
+    instead of after the hub client's minute of retries.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    from huggingface_hub import constants
+
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def ensure_available(path: str) -> None:
+    """A hub id must be in the local cache or downloadable; otherwise one clear error."""
+    if Path(path).exists():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(path, "config.json"), str):
+        return
+    if not hub_reachable():
+        raise ModelLoadError(
+            f"model '{path}' is not available locally and the hub cannot be reached; "
+            "download it on a connected machine (huggingface-cli download) or pass a local directory"
+        )
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     path = resolve_model_name(name)
+    ensure_available(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as err:

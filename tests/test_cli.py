@@ -72,3 +72,20 @@ def test_a_real_process_prints_no_traceback_for_a_bad_key():
         "error: unknown config key 'algo.nope'; valid keys here: adv_eps, eps_high, eps_low, "
         "kl_coef, loss_aggregation, name, normalize_std, sessions_per_query"
     ]
+
+
+def test_short_model_names_resolve_to_hub_ids():
+    from icrl_cli.models import resolve_model_name
+
+    assert resolve_model_name("Qwen3-4B") == "Qwen/Qwen3-4B"
+    assert resolve_model_name("Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"
+    assert resolve_model_name("org/model") == "org/model"
+
+
+def test_a_model_that_is_not_available_offline_is_one_clear_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = runner.invoke(app, ["eval", "--model", "Qwen3-4B", "--limit", "1"])
+    assert result.exit_code == 2
+    assert result.output.startswith(
+        "error: model 'Qwen/Qwen3-4B' is not available locally and the hub cannot be reached"
+    )
