@@ -92,7 +92,7 @@ def ensure_available(path: str) -> None:
     if not hub_reachable():
         raise ModelLoadError(
             f"model '{path}' is not available locally and the hub cannot be reached; "
-            "download it on a connected machine (huggingface-cli download) or pass a local directory"
+            "download it on a connected machine (hf download) or pass a local directory"
         )
 
 
