@@ -141,7 +141,9 @@ def eval_(
     data: Annotated[
         str, typer.Option(help="Dataset: synthetic, gsm8k, math500, a file or hf:REPO[:CONFIG].")
     ] = "synthetic",
-    split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "test",
+    split: Annotated[
+        str | None, typer.Option(help="Split to evaluate on (default: test, or the only one).")
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate the first N tasks.")] = None,
     output: Annotated[Path | None, typer.Option(help="Write the result as JSON here.")] = None,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 1.0,
@@ -152,6 +154,9 @@ def eval_(
     from icrl_cli.evaluation.evaluate import evaluate
 
     environment = environments.make(env, data=data)
+    if split is None:
+        splits = environment.splits()
+        split = "test" if "test" in splits else splits[0]
     result = evaluate(
         model, environment, env, data, split, limit, max_new_tokens, temperature, seed
     )
@@ -178,4 +183,8 @@ def critique_compare() -> None:
 
 
 def main() -> None:
+    from transformers.utils import logging as hf_logging
+
+    # Our own progress bar reports training; per-file load/save bars would only interleave with it.
+    hf_logging.disable_progress_bar()
     app()

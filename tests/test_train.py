@@ -150,3 +150,18 @@ def test_micro_batching_does_not_change_the_update(tiny_dir, micro):
     split = gradients(micro)
     for a, b in zip(full, split, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_k3_penalty_is_zero_against_itself_and_positive_against_another_model(tiny_dir):
+    config = resolve("tiny-math", ["algo.kl_coef=0.1"])
+    model, tokenizer = load_model(str(tiny_dir))
+    reference, _ = load_model(str(tiny_dir))
+    prompt = tokenizer.encode("<|user|>12+30<|end|><|assistant|>")
+    ids = tokenizer.encode(r"\boxed{42}") + [tokenizer.eos_token_id]
+    samples = [Sample("q", 0, 1, "solver", prompt, prompt, ids, [1] * len(ids), [0.0] * len(ids))]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    assert policy_update(model, reference, optimizer, samples, config, 0).loss_kl == 0.0
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert policy_update(model, reference, optimizer, samples, config, 0).loss_kl > 1e-4

@@ -15,6 +15,7 @@ import random
 import resource
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,17 +200,27 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2))
 
 
-def save_model_dir(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path
-) -> None:
-    """Write a Hugging Face model directory atomically (a partial copy never has the final name)."""
+def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """Fill a hidden partial directory, then rename it: a crash never leaves a half-written
+    directory under the final name (readers ignore names that start with a dot)."""
     partial = target.parent / f".{target.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
+    partial.mkdir(parents=True)
+    write(partial)
     if target.exists():
         shutil.rmtree(target)
     os.replace(partial, target)
+    return target
+
+
+def save_model_dir(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path
+) -> None:
+    def write(path: Path) -> None:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+
+    write_atomically(target, write)
 
 
 def save_checkpoint(
@@ -221,24 +232,19 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int,
 ) -> Path:
-    root = run_dir / "checkpoints"
-    root.mkdir(exist_ok=True)
-    partial = root / f".{CHECKPOINT_PREFIX}{step}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    torch.save(optimizer.state_dict(), partial / "optimizer.pt")
-    torch.save(
-        {
+    def write(path: Path) -> None:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        torch.save(optimizer.state_dict(), path / "optimizer.pt")
+        rng = {
             "python": random.getstate(),
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
-        partial / "rng.pt",
-    )
-    _write_json(partial / "trainer_state.json", {"step": step, **state})
-    target = root / f"{CHECKPOINT_PREFIX}{step}"
-    os.replace(partial, target)
+        }
+        torch.save(rng, path / "rng.pt")
+        _write_json(path / "trainer_state.json", {"step": step, **state})
+
+    target = write_atomically(run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step}", write)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old)
     return target
