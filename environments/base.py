@@ -69,6 +69,14 @@ class Environment(Protocol):
         """An expert response for ``task`` (used to warm-start the tiny model), or None."""
         ...
 
+    def render_attempt(self, task: Task, attempt: str) -> str:
+        """The attempt as the critic sees it (a multi-turn episode: actions and observations)."""
+        ...
+
+    def critique_demonstration(self, task: Task, attempt: str) -> str | None:
+        """An expert critique of a failed ``attempt`` (to warm-start the critic), or None."""
+        ...
+
 
 EnvironmentFactory = Callable[..., Environment]
 _REGISTRY: dict[str, EnvironmentFactory] = {}

@@ -15,7 +15,15 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ALGORITHMS = ("grpo", "icrl", "critique-grpo")
-BUILT_ALGORITHMS = ("grpo",)
+BUILT_ALGORITHMS = ("grpo", "icrl", "critique-grpo")
+CRITIQUE_GRPO_DEFAULTS = {
+    "critic": "rule",
+    "critic_gate": "ungated",
+    "train_critic": False,
+    "calibration": "luffy_shaping",
+    "normalize_std": False,
+    "max_rounds": 2,
+}
 
 
 class ConfigError(ValueError):
@@ -65,10 +73,83 @@ class EnvConfig(Section):
 
 class AlgoConfig(Section):
     name: Literal["grpo", "icrl", "critique-grpo"] = Field(
-        "grpo", description="The algorithm: 'grpo', 'icrl' or 'critique-grpo'."
+        "grpo",
+        description="'grpo' (one critique-free attempt per session), 'icrl' (solve → self-critique "
+        "→ revise, revisions trained critique-free), or 'critique-grpo' (the published baseline: a "
+        "frozen critic, one refinement per attempt, the best one swapped into the group, p/(p+γ) "
+        "shaping, no std normalisation).",
     )
     sessions_per_query: int = Field(
-        8, ge=2, description="G: sessions (samples) per query; advantages are normalised in it."
+        8, ge=2, description="G: sessions per query; advantages are normalised within a query."
+    )
+    max_rounds: int = Field(
+        2,
+        ge=1,
+        description="K: solver attempts per session at most (grpo always uses 1). The paper "
+        "trains with 2.",
+    )
+    critic_gate: Literal["oracle", "ungated"] = Field(
+        "oracle",
+        description="'oracle': critique only attempts the environment scored as failed; "
+        "'ungated': critique every attempt while rounds remain (a success can then break).",
+    )
+    critic: str = Field(
+        "self",
+        description="Who critiques: 'self' (the policy in the critic role, trained), 'rule' "
+        '("correct/incorrect; the answer is X" from the gold answer), or a model id or '
+        "directory (a frozen second model; its critiques are never trained).",
+    )
+    train_critic: bool = Field(
+        True,
+        description="Put the self-critic's samples in the loss; false generates them but trains "
+        "the solver only.",
+    )
+    critic_reward: Literal["success_or_delta", "delta", "success"] = Field(
+        "success_or_delta",
+        description="Critic reward (Eq. 3): 1 if the next attempt succeeds else R(next) − "
+        "R(prev); or always R(next) − R(prev); or 1/0 for the next attempt's success.",
+    )
+    critic_max_new_tokens: int = Field(1024, ge=1, description="Token budget of one critique.")
+    calibration: Literal[
+        "token_tis", "none", "seq_geomean", "icepop_mask", "luffy_shaping", "keep_critique"
+    ] = Field(
+        "token_tis",
+        description="How a revision sampled under the critique trains under the critique-free "
+        "prompt: 'token_tis' w_t = clamp(π_old(y_t|q)/μ(y_t|q,c), w_min, w_max) (Eq. 4); "
+        "'none' w ≡ 1; 'seq_geomean' one weight per revision, the geometric mean of the token "
+        "ratios; 'icepop_mask' the ratio, zeroed outside [w_min, w_max]; 'luffy_shaping' the "
+        "p/(p+γ) objective of Critique-GRPO on revision tokens; 'keep_critique' train revisions "
+        "under the critique-conditioned prompt they were sampled with (no transfer).",
+    )
+    w_min: float = Field(0.0, ge=0.0, description="Lower bound of the calibration weight.")
+    w_max: float = Field(2.0, gt=0.0, description="Upper bound of the calibration weight.")
+    shaping_gamma: float = Field(
+        0.1, gt=0.0, description="γ of the p/(p+γ) shaping used by 'luffy_shaping'."
+    )
+    advantage_grouping: Literal["query_role", "query", "query_round_role"] = Field(
+        "query_role",
+        description="Buckets in which rewards are normalised (Eq. 5): per (query, role); per "
+        "query with both roles pooled; or per (query, round, role).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _baseline_defaults(cls, data: Any) -> Any:
+        # Critique-GRPO as published: settings the user did not choose take the baseline's values.
+        if isinstance(data, dict) and data.get("name") == "critique-grpo":
+            data = {**CRITIQUE_GRPO_DEFAULTS, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AlgoConfig:
+        if self.w_min > self.w_max:
+            raise ValueError("algo.w_min must not exceed algo.w_max")
+        return self
+
+    behavior_logprobs: Literal["engine", "recompute"] = Field(
+        "engine",
+        description="μ in the calibration weight: the log-probs the generation engine reported "
+        "while sampling, or a trainer forward pass under the sampling context.",
     )
     eps_low: float = Field(0.2, ge=0.0, description="Lower PPO clip width ε_low.")
     eps_high: float = Field(0.28, ge=0.0, description="Upper PPO clip width ε_high (DAPO).")
@@ -88,6 +169,37 @@ class AlgoConfig(Section):
             "sample mean (GRPO/ICRL), global token mean (DAPO), or a constant "
             "samples × max_new_tokens divisor (Dr. GRPO).",
         )
+    )
+
+
+class PromptConfig(Section):
+    """Prompt templates; None means the model's own (the tiny model ships compact ones) or,
+    failing that, the built-in defaults in ``icrl_cli.rollout.prompts``."""
+
+    solver_user: str | None = Field(
+        None, description="The solver's user message; placeholder {task}."
+    )
+    revision_user: str | None = Field(
+        None,
+        description="The solver's user message on a retry; placeholders {task} and {critique}.",
+    )
+    critic_system: str | None = Field(None, description="The critic's system prompt.")
+    critic_user: str | None = Field(
+        None, description="The critic's user message; placeholders {task} and {summary}."
+    )
+    summary: str | None = Field(
+        None,
+        description="How an attempt is shown to the critic; placeholders {task}, {attempt} "
+        "(the environment's rendering) and {reward}.",
+    )
+    critique_tag: str | None = Field(
+        None, description="The critique is read from inside <TAG>…</TAG> (whole text if absent)."
+    )
+    rule_correct: str | None = Field(
+        None, description="The rule critic's text for a success; placeholder {answer}."
+    )
+    rule_incorrect: str | None = Field(
+        None, description="The rule critic's text for a failure; placeholder {answer}."
     )
 
 
@@ -135,6 +247,7 @@ class RunConfig(Section):
     env: EnvConfig = Field(default_factory=EnvConfig)
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    prompts: PromptConfig = Field(default_factory=PromptConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="after")

@@ -9,10 +9,12 @@ then run on a laptop CPU in minutes, and the tests exercise a real model end to 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import random
 import shutil
 import string
+import time
 from pathlib import Path
 
 import torch
@@ -23,10 +25,18 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 import environments
 from environments import Environment, Task
 from icrl_cli.generation.hf import HFBackend
-from icrl_cli.rollout.prompts import encode_prompt, solver_messages
+from icrl_cli.rollout.prompts import (
+    PROMPTS_FILE,
+    Prompts,
+    critic_messages,
+    encode_prompt,
+    rule_critique,
+    solver_messages,
+)
+from icrl_cli.rollout.sessions import ModelCritic, SessionSettings, run_sessions, session_metrics
 
 # Bump when anything below changes what is built, so stale caches are not reused.
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 # Each message is its role marker, its text character by character, then <|end|> (the EOS).
 # System messages are left out: every character costs compute on a CPU, and the tiny model
@@ -36,9 +46,23 @@ CHAT_TEMPLATE = (
     "<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{%- endfor -%}"
     "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
 )
+# The task the tiny model is warm-started on (the tiny-math preset trains on the same), and the
+# compact prompts it ships: one character is one token, so every character costs compute.
+TINY_TASK = {"data": "synthetic", "digits": 2, "terms": 3}
+TINY_PROMPTS = {
+    "solver_user": "{task}",
+    "revision_user": "{task}|{critique}",
+    "critic_user": "{task}?{summary}",
+    "summary": "{attempt}|{reward}",
+    "critique_tag": "c",
+    "rule_correct": "ok",
+    "rule_incorrect": "no:{answer}",
+}
+MAX_NEW_TOKENS = 48
+DIRECT_SHARE = 0.75
 # The warm-start stops once held-out success reaches this (the issue's band is 10%–60%), so RL
 # starts from a model that succeeds sometimes but has plenty left to learn.
-TARGET_SUCCESS = 0.2
+TARGET_SUCCESS = 0.15
 VALIDATION_SIZE = 200
 
 _console = Console(stderr=True)
@@ -102,85 +126,123 @@ def sft_batch(
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
-def solver_success(
+def measure_sessions(
     model: Qwen3ForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
     env: Environment,
     tasks: list[Task],
-    max_new_tokens: int = 24,
-) -> float:
-    """Fraction of ``tasks`` solved by one sample each at temperature 1, critique-free."""
+    prompts: Prompts,
+    max_rounds: int = 1,
+) -> dict[str, float | int | None]:
+    """Session metrics of one oracle-gated session per task, sampled at temperature 1 with the
+    model as its own critic: success_round1 is critique-free, success_final after critique."""
     backend = HFBackend(model, tokenizer)
-    prompts = [encode_prompt(tokenizer, solver_messages(env, t)) for t in tasks]
-    outputs = backend.generate(prompts, max_new_tokens=max_new_tokens)
-    solved = 0.0
-    for task, out in zip(tasks, outputs, strict=True):
-        text = tokenizer.decode(out.token_ids, skip_special_tokens=True)
-        solved += env.start(task).step(text).reward
-    return solved / len(tasks)
+    settings = SessionSettings(
+        sessions_per_query=1,
+        max_rounds=max_rounds,
+        max_new_tokens=MAX_NEW_TOKENS,
+        critic_max_new_tokens=MAX_NEW_TOKENS,
+    )
+    critic = ModelCritic(backend, tokenizer, prompts, settings, trainable=True)
+    samples = run_sessions(backend, tokenizer, env, tasks, settings, prompts, critic)
+    return session_metrics(samples, gate="oracle")
+
+
+def demonstrations(
+    env: Environment, tasks: list[Task], tokenizer: PreTrainedTokenizerFast, prompts: Prompts
+) -> dict[str, list[tuple[list[int], list[int]]]]:
+    """(prompt ids, target ids) pairs for the three roles: the critique-free solver, the critic
+    on a flawed attempt, and the revision given a critique (the environment's or the rule's)."""
+    rng = random.Random(0)
+    eos = [tokenizer.eos_token_id]
+
+    def encode(messages: list[dict[str, str]], target: str) -> tuple[list[int], list[int]]:
+        ids = tokenizer.encode(target, add_special_tokens=False) + eos
+        return encode_prompt(tokenizer, messages), ids
+
+    pairs: dict[str, list[tuple[list[int], list[int]]]] = {
+        "solver": [],
+        "critic": [],
+        "revision": [],
+    }
+    tag = prompts.critique_tag
+    for task in tasks:
+        solution = env.demonstration(task)
+        # Mostly a direct answer: hard to get right without writing the steps out, which is
+        # what a revision that starts from the critique's intermediate value does.
+        direct = f"\\boxed{{{task.answer}}}"
+        first_try = direct if rng.random() < DIRECT_SHARE else solution
+        pairs["solver"].append(encode(solver_messages(env, task, prompts), first_try))
+        flawed = env.flawed_attempt(task, rng)
+        critique = env.critique_demonstration(task, flawed)
+        critic_target = f"<{tag}>{critique}</{tag}>"
+        messages = critic_messages(task, env.render_attempt(task, flawed), 0.0, prompts)
+        pairs["critic"].append(encode(messages, critic_target))
+        if rng.random() < 0.25:
+            critique = rule_critique(task, rng.random() < 0.2, prompts)
+        messages = solver_messages(env, task, prompts, critique=critique)
+        pairs["revision"].append(encode(messages, solution))
+    return pairs
 
 
 def warm_start(
     model: Qwen3ForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
     env: Environment,
+    prompts: Prompts,
     seed: int = 0,
     batch_size: int = 64,
     lr: float = 2e-3,
     check_every: int = 25,
-    max_steps: int = 3000,
-) -> tuple[int, float]:
-    """Supervised steps on demonstrations until held-out success reaches TARGET_SUCCESS.
-
-    Returns (steps taken, validation success). The validation tasks are held out of the
-    supervised data, and the test split is never looked at.
-    """
+    max_steps: int = 4000,
+) -> tuple[int, dict[str, float | int | None]]:
+    """Supervised steps on all three roles until held-out critique-free success reaches
+    TARGET_SUCCESS. Returns the steps taken and the session metrics on the held-out tasks
+    (which never appear in the supervised data; the test split is never looked at)."""
     tasks = list(env.tasks("train"))
     rng = random.Random(seed)
     rng.shuffle(tasks)
     validation, train = tasks[:VALIDATION_SIZE], tasks[VALIDATION_SIZE:]
-    pairs = [
-        (
-            encode_prompt(tokenizer, solver_messages(env, t)),
-            tokenizer.encode(env.demonstration(t), add_special_tokens=False)
-            + [tokenizer.eos_token_id],
-        )
-        for t in train
-    ]
+    pairs = demonstrations(env, train, tokenizer, prompts)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     torch.manual_seed(seed)
-    success = 0.0
+    started = time.perf_counter()
     for step in range(1, max_steps + 1):
         model.train()
-        batch = sft_batch(tokenizer, rng.sample(pairs, batch_size))
-        loss = model(**batch).loss
-        loss.backward()
+        # One forward per role: sequences of a role have similar lengths, so less padding.
+        for role_pairs in pairs.values():
+            chosen = rng.sample(role_pairs, batch_size // len(pairs))
+            loss = model(**sft_batch(tokenizer, chosen)).loss / len(pairs)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step % check_every == 0:
-            success = solver_success(model, tokenizer, env, validation)
+            measured = measure_sessions(model, tokenizer, env, validation, prompts, max_rounds=2)
+            success = measured["solver/success_round1"]
             _console.print(
-                f"[dim]tiny warm-start: step {step}, loss {loss.item():.3f}, "
-                f"held-out success {success:.2f}[/dim]"
+                f"[dim]tiny warm-start: step {step} ({time.perf_counter() - started:.0f} s), "
+                f"loss {loss.item():.3f}, held-out success "
+                f"critique-free {success:.2f}, after self-critique {measured['solver/success_final']:.2f}[/dim]"
             )
             if success >= TARGET_SUCCESS:
-                return step, success
+                return step, measured
     raise RuntimeError(f"tiny warm-start did not reach {TARGET_SUCCESS:.0%} in {max_steps} steps")
 
 
 def build_tiny(target: Path, seed: int = 0) -> None:
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, seed)
-    env = environments.make("math", data="synthetic")
-    steps, success = warm_start(model, tokenizer, env, seed=seed)
+    env = environments.make("math", **TINY_TASK)
+    prompts = Prompts(**TINY_PROMPTS)
+    steps, measured = warm_start(model, tokenizer, env, prompts, seed=seed)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
-    (target / "WARM_START.txt").write_text(
-        f"supervised steps: {steps}\nheld-out critique-free success: {success:.3f}\n"
-    )
+    (target / PROMPTS_FILE).write_text(json.dumps(TINY_PROMPTS, indent=2) + "\n")
+    report = {"supervised_steps": steps, "task": TINY_TASK, "held_out": measured}
+    (target / "warm_start.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 def tiny_model_dir() -> Path:

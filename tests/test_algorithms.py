@@ -9,8 +9,11 @@ from icrl_cli.trainer.algorithms import (
     aggregate_loss,
     calibration_weights,
     clipped_policy_loss,
+    critic_reward,
     kl_k3,
     role_wise_advantages,
+    shaped_policy_loss,
+    token_weights,
 )
 
 
@@ -114,3 +117,51 @@ def test_micro_batches_sum_to_the_full_batch_loss(mode):
         for i in range(0, 6, 2)
     )
     assert parts.item() == pytest.approx(full.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("mode", "previous", "following", "expected"),
+    [
+        ("success_or_delta", 0.0, 1.0, 1.0),
+        ("success_or_delta", 0.2, 0.5, 0.3),  # partial credit: the gain
+        ("success_or_delta", 1.0, 0.0, -1.0),  # ungated: a critique that broke a success
+        ("success_or_delta", 0.6, 1.0, 1.0),  # success counts fully, not as a 0.4 gain
+        ("delta", 0.6, 1.0, 0.4),
+        ("delta", 0.5, 0.2, -0.3),
+        ("success", 0.5, 0.9, 0.0),
+        ("success", 0.0, 1.0, 1.0),
+    ],
+)
+def test_critic_reward_by_hand(mode, previous, following, expected):
+    assert critic_reward(previous, following, mode) == pytest.approx(expected)
+
+
+def test_calibration_modes_by_hand():
+    old = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]])
+    # log ratios: row 0 [+1, −1, 0]; row 1 [−0.5, −0.5, (masked) +5]
+    behavior = torch.tensor([[-2.0, 0.0, -1.0], [-0.5, -0.5, -6.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    tis = token_weights(old, behavior, mask, "token_tis", 0.0, 2.0)
+    assert tis[0].tolist() == pytest.approx([2.0, math.exp(-1), 1.0], rel=1e-6)
+    for mode in ("none", "luffy_shaping", "keep_critique"):
+        assert token_weights(old, behavior, mask, mode).tolist() == [[1.0] * 3] * 2
+    # seq_geomean: row 0 mean log ratio 0 → 1; row 1 mean over the mask −0.5 → e^−0.5
+    geo = token_weights(old, behavior, mask, "seq_geomean", 0.0, 2.0)
+    assert geo[0].tolist() == pytest.approx([1.0] * 3)
+    assert geo[1].tolist() == pytest.approx([math.exp(-0.5)] * 3, rel=1e-6)
+    # icepop in [0.5, 2]: e^1 = 2.72 → 0, e^−1 = 0.37 → 0, 1 kept; e^−0.5 = 0.61 kept
+    ice = token_weights(old, behavior, mask, "icepop_mask", 0.5, 2.0)
+    assert ice[0].tolist() == pytest.approx([0.0, 0.0, 1.0])
+    assert ice[1, :2].tolist() == pytest.approx([math.exp(-0.5)] * 2, rel=1e-6)
+    with pytest.raises(ValueError, match="token_tis"):
+        token_weights(old, behavior, mask, "nope")
+
+
+def test_luffy_shaping_by_hand():
+    logp = torch.log(torch.tensor([[0.5, 0.1]])).requires_grad_(True)
+    loss = shaped_policy_loss(logp, torch.tensor([1.0]), gamma=0.1)
+    # −p/(p + 0.1): −0.5/0.6 = −0.833333, −0.1/0.2 = −0.5
+    assert loss[0].tolist() == pytest.approx([-0.833333, -0.5], abs=1e-6)
+    loss.sum().backward()
+    # d/dlogp of −p/(p+γ) = −γp/(p+γ)²: −0.05/0.36 = −0.138889, −0.01/0.04 = −0.25
+    assert logp.grad[0].tolist() == pytest.approx([-0.138889, -0.25], abs=1e-6)

@@ -1,11 +1,13 @@
 """End-to-end training on the tiny model: the run directory, resume after SIGKILL, faults."""
 
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,12 @@ from transformers import AutoModelForCausalLM
 from icrl_cli.config import resolve
 from icrl_cli.models import load_model
 from icrl_cli.rollout.samples import Sample
-from icrl_cli.trainer.loop import policy_update
+from icrl_cli.trainer.policy import (
+    collate,
+    policy_update,
+    recompute_behavior_logprobs,
+    response_logprobs,
+)
 
 SMALL = [
     "train.queries_per_step=4",
@@ -165,3 +172,91 @@ def test_k3_penalty_is_zero_against_itself_and_positive_against_another_model(ti
         for p in reference.parameters():
             p.add_(0.05 * torch.randn_like(p))
     assert policy_update(model, reference, optimizer, samples, config, 0).loss_kl > 1e-4
+
+
+def _revision(tokenizer, critique="45"):
+    free = tokenizer.encode("<|user|>12+30+3<|end|><|assistant|>")
+    behavior = tokenizer.encode(f"<|user|>12+30+3|{critique}<|end|><|assistant|>")
+    ids = tokenizer.encode(r"12+30=42, 42+3=45. \boxed{45}") + [tokenizer.eos_token_id]
+    sample = Sample("q", 0, 2, "solver", free, behavior, ids, [1] * len(ids), [0.0] * len(ids))
+    sample.advantage = 1.0
+    return sample
+
+
+def _logprobs(model, tokenizer, sample, context):
+    batch = collate([replace(sample, prompt_ids=context)], tokenizer.pad_token_id, model.device)
+    with torch.no_grad():
+        return response_logprobs(model, batch)[0][0].tolist()
+
+
+@pytest.mark.parametrize(
+    ("calibration", "shift", "expected_loss", "expected_w", "clip_frac"),
+    [
+        ("token_tis", math.log(4.0), -0.25, 0.25, 0.0),  # the critique made tokens 4× likelier
+        ("none", math.log(4.0), -1.0, 0.25, 0.0),  # w ≡ 1; the diagnostic still reads 0.25
+        ("token_tis", -math.log(4.0), -2.0, 2.0, 1.0),  # 4× less likely: clamped at w_max = 2
+        ("icepop_mask", -math.log(4.0), 0.0, 2.0, 1.0),  # outside the band: zeroed
+    ],
+)
+def test_calibration_switch_weighs_revision_tokens(
+    tiny_dir, calibration, shift, expected_loss, expected_w, clip_frac
+):
+    config = resolve("tiny-math", [f'algo.calibration="{calibration}"'])
+    model, tokenizer = load_model(str(tiny_dir))
+    sample = _revision(tokenizer)
+    old = _logprobs(model, tokenizer, sample, sample.prompt_ids)
+    sample.behavior_logprobs = [x + shift for x in old]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    stats = policy_update(model, None, optimizer, [sample], config, tokenizer.pad_token_id)
+    # ρ ≡ 1 and Â = 1, so the per-token loss is −w and the sample's token mean is −mean(w).
+    assert stats.loss_policy == pytest.approx(expected_loss, rel=1e-4, abs=1e-6)
+    assert stats.w_mean_revision == pytest.approx(expected_w, rel=1e-4)
+    assert stats.w_clip_frac == clip_frac
+
+
+def test_luffy_shaping_replaces_the_surrogate_on_revision_tokens(tiny_dir):
+    config = resolve("tiny-math", ['algo.calibration="luffy_shaping"'])
+    model, tokenizer = load_model(str(tiny_dir))
+    sample = _revision(tokenizer)
+    probs = torch.tensor(_logprobs(model, tokenizer, sample, sample.prompt_ids)).exp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    stats = policy_update(model, None, optimizer, [sample], config, tokenizer.pad_token_id)
+    expected = -(probs / (probs + 0.1)).mean().item()
+    assert stats.loss_policy == pytest.approx(expected, rel=1e-4)
+
+
+def test_recompute_takes_behavior_logprobs_from_a_trainer_forward(tiny_dir):
+    model, tokenizer = load_model(str(tiny_dir))
+    revision, first = _revision(tokenizer), _revision(tokenizer)
+    first.round, first.behavior_prompt_ids = 1, first.prompt_ids
+    recompute_behavior_logprobs(model, [revision, first], tokenizer.pad_token_id, 8)
+    expected = _logprobs(model, tokenizer, revision, revision.behavior_prompt_ids)
+    assert revision.behavior_logprobs == pytest.approx(expected, abs=1e-5)
+    assert first.behavior_logprobs == [0.0] * len(first.response_ids)  # untouched
+    under_free = _logprobs(model, tokenizer, revision, revision.prompt_ids)
+    assert revision.behavior_logprobs != pytest.approx(under_free, abs=1e-3)
+
+
+def test_icrl_run_logs_the_session_and_calibration_metrics(tiny_dir, tmp_path):
+    run = tmp_path / "icrl"
+    proc = icrl(*train_args(run, 2), "--algo", "icrl")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for key in (
+        "solver/success_round1",
+        "solver/success_final",
+        "critic/reward_mean",
+        "critic/tokens_mean",
+        "calib/w_mean_revision",
+        "calib/w_clip_frac",
+        "sessions/revisions",
+        "sessions/fix_rate",
+        "sessions/break_rate",
+    ):
+        assert key in rows[-1]
+    samples = [json.loads(x) for x in (run / "samples" / "step-2.jsonl").read_text().splitlines()]
+    roles = {(s["role"], s["round"]) for s in samples}
+    assert ("critic", 1) in roles and ("solver", 2) in roles
+    revision = next(s for s in samples if s["role"] == "solver" and s["round"] == 2)
+    assert revision["metadata"]["critique"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import random
 import re
 from pathlib import Path
 
@@ -55,7 +56,7 @@ class MathEnvironment:
         question_field: str = "question",
         answer_field: str = "answer",
         digits: int = 2,
-        terms: int = 2,
+        terms: int = 3,
         test_size: int = 500,
         seed: int = 0,
         timeout: float = 5.0,
@@ -133,6 +134,22 @@ class MathEnvironment:
         if self.data == "gsm8k" and "solution" in task.metadata:
             return datasets.gsm8k_demonstration(task.metadata["solution"])
         return None
+
+    def render_attempt(self, task: Task, attempt: str) -> str:
+        """What the critic sees of an attempt: for a one-step problem, the response itself."""
+        return attempt
+
+    def critique_demonstration(self, task: Task, attempt: str) -> str | None:
+        """An expert critique of ``attempt`` (synthetic problems only)."""
+        if self._synthetic is None:
+            return None
+        return self._synthetic.critique(task, attempt)
+
+    def flawed_attempt(self, task: Task, rng: random.Random) -> str | None:
+        """A plausible wrong attempt to demonstrate critiques on (synthetic problems only)."""
+        if self._synthetic is None:
+            return None
+        return self._synthetic.flawed_attempt(task, rng)
 
 
 __all__ = ["MathEnvironment", "MathEpisode", "SyntheticArithmetic", "grade"]

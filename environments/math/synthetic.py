@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import random
+import re
 
 from environments.base import EnvError, Task
+
+_STEP = re.compile(r"(\d+)\+(\d+)=(\d+)")
 
 # Beyond this many problems the train split is a seeded sample rather than everything left over.
 MAX_TRAIN = 20_000
@@ -83,3 +86,38 @@ class SyntheticArithmetic:
         if len(steps) == 1:
             return box
         return ", ".join(steps) + ". " + box
+
+    @staticmethod
+    def critique(task: Task, attempt: str) -> str:
+        """An expert critique: the first running sum the attempt gets wrong, written out right.
+
+        It names something the solver could have produced itself (one correct step), so a
+        revision that uses it writes the remaining steps out — the gap ICRL has to close.
+        """
+        operands = task.metadata["operands"]
+        written = {(int(a), int(b)): int(c) for a, b, c in _STEP.findall(attempt)}
+        total = operands[0]
+        for operand in operands[1:]:
+            if written.get((total, operand)) != total + operand:
+                return f"{total}+{operand}={total + operand}"
+            total += operand
+        return f"\\boxed{{{total}}}"
+
+    @staticmethod
+    def flawed_attempt(task: Task, rng: random.Random) -> str:
+        """A plausible wrong attempt (used to demonstrate critiques): half the time a direct
+        answer that is a little off, otherwise running sums where one slips and the error
+        carries through."""
+        operands = task.metadata["operands"]
+        if rng.random() < 0.5:
+            return f"\\boxed{{{sum(operands) + rng.choice([-10, -2, -1, 1, 2, 10])}}}"
+        slip_at = rng.randrange(len(operands) - 1)
+        slip = rng.choice([-10, -2, -1, 1, 2, 10])
+        total = operands[0]
+        steps = []
+        for i, operand in enumerate(operands[1:]):
+            result = total + operand + (slip if i == slip_at else 0)
+            steps.append(f"{total}+{operand}={result}")
+            total = result
+        box = f"\\boxed{{{total}}}"
+        return box if len(steps) == 1 else ", ".join(steps) + ". " + box

@@ -9,8 +9,9 @@ import torch
 
 from environments import EnvError, Environment
 from icrl_cli.generation.hf import HFBackend
-from icrl_cli.models import load_model
-from icrl_cli.rollout.sessions import first_attempts
+from icrl_cli.models import load_model, resolve_model_name
+from icrl_cli.rollout.prompts import Prompts
+from icrl_cli.rollout.sessions import SessionSettings, run_sessions
 
 
 @dataclass
@@ -53,9 +54,14 @@ def evaluate(
     model, tokenizer = load_model(model_name, device=device)
     torch.manual_seed(seed)
     backend = HFBackend(model, tokenizer, batch_size)
-    samples = first_attempts(
-        backend, tokenizer, env, tasks, 1, max_new_tokens, temperature, 1.0, enable_thinking
+    prompts = Prompts.resolve({}, resolve_model_name(model_name))
+    settings = SessionSettings(
+        sessions_per_query=1,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        enable_thinking=enable_thinking,
     )
+    samples = run_sessions(backend, tokenizer, env, tasks, settings, prompts)
     return EvalResult(
         model=model_name,
         env=env_name,

@@ -1,18 +1,89 @@
-"""Every prompt the model sees, rendered through the tokenizer's own chat template."""
+"""Every prompt the model sees: the solver, the revision and the critic, and the rule critic.
+
+Templates are plain ``str.format`` strings. Each one can be overridden in the config
+(``[prompts]``); a model directory may ship its own as ``icrl_prompts.json`` (the tiny model
+does, with compact forms, because every character is a token for it); otherwise the defaults
+below apply. The section layout follows the ICRL paper's prompts.
+"""
 
 from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
 from environments import Environment, Task
 
+PROMPTS_FILE = "icrl_prompts.json"
 
-def solver_messages(env: Environment, task: Task) -> list[dict[str, str]]:
-    """The critique-free solver prompt: the environment's instructions, then the task."""
+
+@dataclass(frozen=True)
+class Prompts:
+    solver_user: str = "# Task\n{task}"
+    revision_user: str = "# Task\n{task}\n\n# Core Tips From Previous Critique\n{critique}"
+    critic_system: str = (
+        "You are a critic. You are shown a task and an attempt at it that did not fully "
+        "succeed. Find the single most important mistake and give a few short, actionable tips "
+        "for a fresh attempt. Do not solve the task yourself and do not narrate. Think briefly, "
+        "then write the tips inside <critic></critic>."
+    )
+    critic_user: str = "# Task\n{task}\n\n# Trajectory Summary\n{summary}"
+    summary: str = "task: {task}\nreward: {reward}\n{attempt}"
+    critique_tag: str = "critic"
+    rule_correct: str = "Your answer is correct."
+    rule_incorrect: str = "Your answer is incorrect; the answer is {answer}."
+
+    @classmethod
+    def resolve(cls, overrides: dict[str, str | None], model_dir: str | None = None) -> Prompts:
+        """Defaults, then the model's shipped templates, then the config's overrides."""
+        prompts = cls()
+        if model_dir is not None and (Path(model_dir) / PROMPTS_FILE).is_file():
+            shipped = json.loads((Path(model_dir) / PROMPTS_FILE).read_text())
+            prompts = replace(prompts, **shipped)
+        chosen = {k: v for k, v in overrides.items() if v is not None}
+        return replace(prompts, **chosen)
+
+    def to_json(self) -> dict[str, str]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def solver_messages(
+    env: Environment, task: Task, prompts: Prompts, critique: str | None = None
+) -> list[dict[str, str]]:
+    """The solver prompt; with a critique it is the revision prompt (the behavior context)."""
+    if critique is None:
+        user = prompts.solver_user.format(task=task.prompt)
+    else:
+        user = prompts.revision_user.format(task=task.prompt, critique=critique)
     return [
         {"role": "system", "content": env.solver_instructions()},
-        {"role": "user", "content": task.prompt},
+        {"role": "user", "content": user},
     ]
+
+
+def critic_messages(
+    task: Task, attempt: str, reward: float, prompts: Prompts
+) -> list[dict[str, str]]:
+    """The critic sees the task and a summary of the attempt, including its reward."""
+    summary = prompts.summary.format(task=task.prompt, attempt=attempt, reward=f"{reward:g}")
+    return [
+        {"role": "system", "content": prompts.critic_system},
+        {"role": "user", "content": prompts.critic_user.format(task=task.prompt, summary=summary)},
+    ]
+
+
+def parse_critique(text: str, tag: str) -> str:
+    """The text inside the last <tag>…</tag>; the whole text (stripped) when the tag is absent."""
+    found = re.findall(rf"<{re.escape(tag)}>(.*?)</{re.escape(tag)}>", text, flags=re.DOTALL)
+    return (found[-1] if found else text).strip()
+
+
+def rule_critique(task: Task, success: bool, prompts: Prompts) -> str:
+    template = prompts.rule_correct if success else prompts.rule_incorrect
+    return template.format(answer=task.answer)
 
 
 def encode_prompt(

@@ -32,6 +32,11 @@ class Sample:
     text: str = ""
     finish_reason: str = "stop"
     metadata: dict[str, Any] = field(default_factory=dict)
+    trainable: bool = True  # False for a frozen critic's samples: never in the loss
+
+    @property
+    def is_revision(self) -> bool:
+        return self.role == "solver" and self.round > 1
 
     @property
     def success(self) -> bool:

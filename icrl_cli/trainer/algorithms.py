@@ -132,3 +132,61 @@ def aggregate_loss(
     raise ValueError(
         f"unknown loss aggregation '{mode}'; choose one of: {', '.join(LOSS_AGGREGATIONS)}"
     )
+
+
+def critic_reward(previous: float, following: float, mode: str = "success_or_delta") -> float:
+    """Eq. 3: a critique is worth what the attempt after it gained.
+
+    ``success_or_delta`` (the paper): 1 if the next attempt succeeds, else R(next) − R(prev);
+    ``delta`` (the predecessor's): always R(next) − R(prev); ``success``: 1 or 0.
+    """
+    if mode == "success_or_delta":
+        return 1.0 if following == 1.0 else following - previous
+    if mode == "delta":
+        return following - previous
+    if mode == "success":
+        return 1.0 if following == 1.0 else 0.0
+    raise ValueError(f"unknown critic reward '{mode}'")
+
+
+CALIBRATIONS = ("token_tis", "none", "seq_geomean", "icepop_mask", "luffy_shaping", "keep_critique")
+
+
+def token_weights(
+    old_logprobs: torch.Tensor,
+    behavior_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    w_min: float = 0.0,
+    w_max: float = 2.0,
+) -> torch.Tensor:
+    """The per-token weight each calibration mode multiplies onto the clipped surrogate.
+
+    ``token_tis`` is Eq. 4; ``seq_geomean`` gives every token of a sample the clamped geometric
+    mean of its ratios; ``icepop_mask`` keeps the raw ratio inside [w_min, w_max] and zeroes it
+    outside; the other modes (``none``, ``luffy_shaping``, ``keep_critique``) weigh tokens by 1.
+    """
+    if mode == "token_tis":
+        return calibration_weights(old_logprobs, behavior_logprobs, w_min, w_max)
+    log_ratio = (old_logprobs - behavior_logprobs).detach().clamp(-20.0, 20.0)
+    if mode == "seq_geomean":
+        mean = (log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+        return mean.exp().clamp(w_min, w_max).unsqueeze(-1).expand_as(log_ratio).contiguous()
+    if mode == "icepop_mask":
+        ratio = log_ratio.exp()
+        return torch.where((ratio >= w_min) & (ratio <= w_max), ratio, torch.zeros_like(ratio))
+    if mode in ("none", "luffy_shaping", "keep_critique"):
+        return torch.ones_like(log_ratio)
+    raise ValueError(f"unknown calibration '{mode}'; choose one of: {', '.join(CALIBRATIONS)}")
+
+
+def shaped_policy_loss(
+    logprobs: torch.Tensor, advantages: torch.Tensor, gamma: float = 0.1
+) -> torch.Tensor:
+    """Critique-GRPO's off-policy objective per token: ``−Â · p/(p + γ)`` with ``p = π_θ(y_t)``.
+
+    The shaping lifts the gradient of low-probability tokens (∝ γ/(p + γ)²) so a refinement the
+    policy would rarely produce still teaches it; there is no ratio to the behavior policy.
+    """
+    p = logprobs.exp()
+    return -(p / (p + gamma)) * advantages.unsqueeze(-1)

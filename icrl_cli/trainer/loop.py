@@ -7,16 +7,13 @@ Face model directory).
 
 from __future__ import annotations
 
-import functools
 import json
-import math
 import os
 import random
 import resource
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +25,25 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 import environments
 from environments import Environment, Task
 from environments.math import grading
-from icrl_cli.config import BUILT_ALGORITHMS, ConfigError, RunConfig, to_toml
+from icrl_cli.config import RunConfig, to_toml
 from icrl_cli.generation.hf import HFBackend
-from icrl_cli.models import load_model
+from icrl_cli.models import load_model, resolve_model_name
+from icrl_cli.rollout.prompts import Prompts
 from icrl_cli.rollout.samples import Sample
-from icrl_cli.rollout.sessions import first_attempts
-from icrl_cli.trainer.algorithms import (
-    aggregate_loss,
-    clipped_policy_loss,
-    kl_k3,
-    role_wise_advantages,
+from icrl_cli.rollout.sessions import (
+    Critic,
+    ModelCritic,
+    RuleCritic,
+    SessionSettings,
+    run_sessions,
+    session_metrics,
+    swap_in_best_refinements,
 )
-from icrl_cli.trainer.policy import collate, response_logprobs
+from icrl_cli.trainer.policy import (
+    assign_advantages,
+    policy_update,
+    recompute_behavior_logprobs,
+)
 
 CHECKPOINT_PREFIX = "step-"
 
@@ -86,103 +90,62 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-@dataclass
-class UpdateStats:
-    loss_policy: float
-    loss_kl: float
-    clip_frac: float
-    entropy: float
-    grad_norm: float
-    logprob_mismatch: float
-    skipped: bool
+def session_settings(config: RunConfig) -> SessionSettings:
+    algo, gen = config.algo, config.generation
+    return SessionSettings(
+        sessions_per_query=algo.sessions_per_query,
+        max_rounds=1 if algo.name == "grpo" else algo.max_rounds,
+        gate=algo.critic_gate,
+        critic_reward=algo.critic_reward,
+        max_new_tokens=gen.max_new_tokens,
+        critic_max_new_tokens=algo.critic_max_new_tokens,
+        temperature=gen.temperature,
+        top_p=gen.top_p,
+        enable_thinking=config.model.enable_thinking,
+    )
 
 
-def policy_update(
-    model: PreTrainedModel,
-    ref_model: PreTrainedModel | None,
-    optimizer: torch.optim.Optimizer,
-    samples: list[Sample],
+def build_critic(
     config: RunConfig,
-    pad_id: int,
-) -> UpdateStats:
-    """One optimizer step on ``samples``, accumulated over micro-batches (Eq. 6 with w ≡ 1).
-
-    With one update per rollout batch, π_old is the current policy, so ρ ≡ 1 in value while its
-    gradient is ∇log π (the on-policy GRPO gradient). A non-finite loss or gradient norm skips
-    the step and leaves the weights untouched.
-    """
-    algo, device = config.algo, model.device
-    num_samples = len(samples)
-    num_tokens = int(sum(sum(s.loss_mask) for s in samples))
-    totals = {"policy": 0.0, "kl": 0.0, "clip": 0.0, "entropy": 0.0, "mismatch": 0.0}
-    optimizer.zero_grad(set_to_none=True)
-    model.train()
-    size = config.train.micro_batch_size
-    for start in range(0, num_samples, size):
-        batch = collate(samples[start : start + size], pad_id, device)
-        logprobs, entropy = response_logprobs(model, batch, with_entropy=True)
-        old_logprobs = logprobs.detach()
-        per_token, clip_active = clipped_policy_loss(
-            logprobs, old_logprobs, batch.advantages, algo.eps_low, algo.eps_high
-        )
-
-        reduce = functools.partial(
-            aggregate_loss,
-            mask=batch.mask,
-            mode=algo.loss_aggregation,
-            num_samples=num_samples,
-            num_tokens=num_tokens,
-            max_new_tokens=config.generation.max_new_tokens,
-        )
-
-        policy_loss = reduce(per_token)
-        loss = policy_loss
-        if ref_model is not None:
-            with torch.no_grad():
-                ref_logprobs, _ = response_logprobs(ref_model, batch)
-            kl_loss = reduce(kl_k3(logprobs, ref_logprobs))
-            loss = loss + algo.kl_coef * kl_loss
-            totals["kl"] += kl_loss.item()
-        loss.backward()
-        totals["policy"] += policy_loss.item()
-        totals["clip"] += (clip_active * batch.mask).sum().item()
-        totals["entropy"] += (entropy * batch.mask).sum().item()
-        totals["mismatch"] += (
-            ((old_logprobs - batch.behavior_logprobs).abs() * batch.mask).sum().item()
-        )
-    grad_norm = float(
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
+    backend: HFBackend,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Prompts,
+    settings: SessionSettings,
+) -> Critic | None:
+    """None for GRPO; the policy itself, the rule critic, or a frozen second model."""
+    algo = config.algo
+    if algo.name == "grpo":
+        return None
+    if algo.critic == "self":
+        return ModelCritic(backend, tokenizer, prompts, settings, trainable=algo.train_critic)
+    if algo.critic == "rule":
+        return RuleCritic(prompts)
+    critic_model, critic_tokenizer = load_model(
+        algo.critic, config.model.device, config.model.dtype, config.model.trust_remote_code
     )
-    skipped = not (
-        math.isfinite(totals["policy"]) and math.isfinite(totals["kl"]) and math.isfinite(grad_norm)
-    )
-    if skipped:
-        optimizer.zero_grad(set_to_none=True)
-    else:
-        optimizer.step()
-    per_token = max(num_tokens, 1)
-    return UpdateStats(
-        loss_policy=totals["policy"],
-        loss_kl=totals["kl"],
-        clip_frac=totals["clip"] / per_token,
-        entropy=totals["entropy"] / per_token,
-        grad_norm=grad_norm,
-        logprob_mismatch=totals["mismatch"] / per_token,
-        skipped=skipped,
+    critic_model.eval().requires_grad_(False)
+    critic_prompts = Prompts.resolve(config.prompts.model_dump(), resolve_model_name(algo.critic))
+    return ModelCritic(
+        HFBackend(critic_model, critic_tokenizer, config.generation.batch_size),
+        critic_tokenizer,
+        critic_prompts,
+        settings,
+        trainable=False,
     )
 
 
-def assign_advantages(samples: list[Sample], config: RunConfig) -> None:
-    rewards = torch.tensor([s.reward for s in samples])
-    advantages = role_wise_advantages(
-        rewards,
-        [s.query_id for s in samples],
-        [s.role for s in samples],
-        eps=config.algo.adv_eps,
-        normalize_std=config.algo.normalize_std,
-    )
-    for sample, adv in zip(samples, advantages.tolist(), strict=True):
-        sample.advantage = adv
+def training_batch(samples: list[Sample], config: RunConfig) -> list[Sample]:
+    """The samples that enter the loss, with their advantages and training contexts set."""
+    algo = config.algo
+    if algo.name == "critique-grpo":
+        samples = swap_in_best_refinements(samples)
+    batch = [s for s in samples if s.trainable]
+    if algo.calibration == "keep_critique":
+        # The ablation without transfer: revisions train in the context they were sampled in.
+        for s in batch:
+            s.prompt_ids = s.behavior_prompt_ids
+    assign_advantages(batch, algo)
+    return batch
 
 
 def zero_std_fraction(samples: list[Sample]) -> float:
@@ -292,11 +255,6 @@ def train(
 ) -> Path:
     """Run (or continue) training into ``run_dir``; returns the path of ``final/``."""
     console = console or Console(stderr=True)
-    if config.algo.name not in BUILT_ALGORITHMS:
-        built = ", ".join(BUILT_ALGORITHMS)
-        raise ConfigError(
-            f"algorithm '{config.algo.name}' is not built yet; available now: {built}"
-        )
     env = make_environment(config)
     train_tasks = list(env.tasks(config.env.train_split))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -324,6 +282,9 @@ def train(
     )
     sampler = QuerySampler(train_tasks, config.train.seed)
     backend = HFBackend(model, tokenizer, config.generation.batch_size)
+    prompts = Prompts.resolve(config.prompts.model_dump(), resolve_model_name(config.model.name))
+    settings = session_settings(config)
+    critic = build_critic(config, backend, tokenizer, prompts, settings)
     start_step, skipped_steps = 0, 0
     metrics_path = run_dir / "metrics.jsonl"
     if checkpoints:
@@ -345,7 +306,6 @@ def train(
     else:
         metrics_path.unlink(missing_ok=True)
 
-    gen = config.generation
     progress = Progress(
         TextColumn("[bold]train[/bold]"),
         BarColumn(),
@@ -361,22 +321,16 @@ def train(
             timeouts_before = grading.timeouts()
             started = time.perf_counter()
             queries = sampler.next(config.train.queries_per_step)
-            samples = first_attempts(
-                backend,
-                tokenizer,
-                env,
-                queries,
-                config.algo.sessions_per_query,
-                gen.max_new_tokens,
-                gen.temperature,
-                gen.top_p,
-                config.model.enable_thinking,
-            )
+            samples = run_sessions(backend, tokenizer, env, queries, settings, prompts, critic)
             rollout_time = time.perf_counter() - started
-            assign_advantages(samples, config)
             started = time.perf_counter()
+            batch = training_batch(samples, config)
+            if config.algo.behavior_logprobs == "recompute":
+                recompute_behavior_logprobs(
+                    model, batch, tokenizer.pad_token_id, config.train.micro_batch_size
+                )
             stats = policy_update(
-                model, ref_model, optimizer, samples, config, tokenizer.pad_token_id
+                model, ref_model, optimizer, batch, config, tokenizer.pad_token_id
             )
             backend.sync_weights()
             update_time = time.perf_counter() - started
@@ -384,10 +338,12 @@ def train(
             response_tokens = sum(len(s.response_ids) for s in samples)
             record = {
                 "step": step,
-                "solver/reward_mean": sum(s.reward for s in samples) / len(samples),
-                "solver/success_round1": sum(s.success for s in samples) / len(samples),
-                "solver/response_tokens_mean": response_tokens / len(samples),
-                "solver/frac_reward_zero_std": zero_std_fraction(samples),
+                **session_metrics(samples, settings.gate),
+                "solver/frac_reward_zero_std": zero_std_fraction(
+                    [s for s in batch if s.role == "solver"]
+                ),
+                "calib/w_mean_revision": stats.w_mean_revision,
+                "calib/w_clip_frac": stats.w_clip_frac,
                 "loss/policy": stats.loss_policy,
                 "loss/kl": stats.loss_kl,
                 "loss/clip_frac": stats.clip_frac,
@@ -399,6 +355,7 @@ def train(
                 "time/rollout": rollout_time,
                 "time/update": update_time,
                 "throughput/tokens_per_s": response_tokens / (rollout_time + update_time),
+                "throughput/samples": len(samples),
                 "memory/peak_mb": peak_memory_mb(model.device),
             }
             metrics_file.write(json.dumps(record) + "\n")

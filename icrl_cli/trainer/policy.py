@@ -1,13 +1,29 @@
-"""Per-token log-probs (and entropy) of sampled responses under a model, for a micro-batch."""
+"""The policy side of training: per-token log-probs of sampled responses, and one update.
+
+Samples are processed in micro-batches whose losses are normalised by the whole batch, so the
+micro-batch size changes memory, never the gradient.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import math
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import PreTrainedModel
 
+from icrl_cli.config import AlgoConfig, RunConfig
 from icrl_cli.rollout.samples import Sample
+from icrl_cli.trainer.algorithms import (
+    aggregate_loss,
+    calibration_weights,
+    clipped_policy_loss,
+    kl_k3,
+    role_wise_advantages,
+    shaped_policy_loss,
+    token_weights,
+)
 
 
 @dataclass
@@ -21,6 +37,7 @@ class ResponseBatch:
     mask: torch.Tensor
     behavior_logprobs: torch.Tensor
     advantages: torch.Tensor
+    is_revision: torch.Tensor  # [n] bool: solver samples of round 2 and later
 
 
 def collate(samples: list[Sample], pad_id: int, device: torch.device) -> ResponseBatch:
@@ -45,6 +62,7 @@ def collate(samples: list[Sample], pad_id: int, device: torch.device) -> Respons
             mask[row, :r] = torch.tensor(s.loss_mask, dtype=torch.float32)
             behavior[row, :r] = torch.tensor(s.behavior_logprobs, dtype=torch.float32)
     advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
+    is_revision = torch.tensor([s.is_revision for s in samples], dtype=torch.bool)
     return ResponseBatch(
         input_ids.to(device),
         attention.to(device),
@@ -53,6 +71,7 @@ def collate(samples: list[Sample], pad_id: int, device: torch.device) -> Respons
         mask.to(device),
         behavior.to(device),
         advantages.to(device),
+        is_revision.to(device),
     )
 
 
@@ -76,3 +95,147 @@ def response_logprobs(
         with torch.no_grad():
             entropy = -(logprobs_all.exp() * logprobs_all).sum(-1)
     return logprobs, entropy
+
+
+def recompute_behavior_logprobs(
+    model: PreTrainedModel, samples: list[Sample], pad_id: int, micro_batch_size: int
+) -> None:
+    """Replace each revision's engine log-probs with a trainer forward under its behavior
+    (critique-conditioned) prompt, at the same weights (``algo.behavior_logprobs=recompute``)."""
+    revisions = [s for s in samples if s.behavior_prompt_ids != s.prompt_ids]
+    with torch.no_grad():
+        for start in range(0, len(revisions), micro_batch_size):
+            chunk = revisions[start : start + micro_batch_size]
+            as_sampled = [replace(s, prompt_ids=s.behavior_prompt_ids) for s in chunk]
+            logprobs, _ = response_logprobs(model, collate(as_sampled, pad_id, model.device))
+            for row, s in enumerate(chunk):
+                s.behavior_logprobs = logprobs[row, : len(s.response_ids)].tolist()
+
+
+@dataclass
+class UpdateStats:
+    loss_policy: float
+    loss_kl: float
+    clip_frac: float
+    entropy: float
+    grad_norm: float
+    logprob_mismatch: float
+    w_mean_revision: float | None
+    w_clip_frac: float | None
+    skipped: bool
+
+
+def policy_update(
+    model: PreTrainedModel,
+    ref_model: PreTrainedModel | None,
+    optimizer: torch.optim.Optimizer,
+    samples: list[Sample],
+    config: RunConfig,
+    pad_id: int,
+) -> UpdateStats:
+    """One optimizer step on ``samples`` (Eq. 6), accumulated over micro-batches.
+
+    With one update per rollout batch, π_old is the current policy on the training context, so
+    ρ ≡ 1 in value while its gradient is ∇log π; the calibration weight compares that π_old with
+    the behavior log-probs. A non-finite loss or gradient norm skips the step and leaves the
+    weights untouched.
+    """
+    algo, device = config.algo, model.device
+    num_samples = len(samples)
+    num_tokens = int(sum(sum(s.loss_mask) for s in samples))
+    totals = dict.fromkeys(
+        ("policy", "kl", "clip", "entropy", "mismatch", "w_rev", "w_clip", "rev_tokens"), 0.0
+    )
+    optimizer.zero_grad(set_to_none=True)
+    model.train()
+    size = config.train.micro_batch_size
+    for start in range(0, num_samples, size):
+        batch = collate(samples[start : start + size], pad_id, device)
+        logprobs, entropy = response_logprobs(model, batch, with_entropy=True)
+        old_logprobs = logprobs.detach()
+        revision = batch.is_revision.unsqueeze(-1)
+        behavior = batch.behavior_logprobs
+        if algo.behavior_logprobs == "recompute":
+            # Outside revisions the behavior context is the training context at the same weights.
+            behavior = torch.where(revision, behavior, old_logprobs)
+        weights = token_weights(
+            old_logprobs, behavior, batch.mask, algo.calibration, algo.w_min, algo.w_max
+        )
+        per_token, clip_active = clipped_policy_loss(
+            logprobs, old_logprobs, batch.advantages, algo.eps_low, algo.eps_high, weights
+        )
+        if algo.calibration == "luffy_shaping":
+            shaped = shaped_policy_loss(logprobs, batch.advantages, algo.shaping_gamma)
+            per_token = torch.where(revision, shaped, per_token)
+        reduce = functools.partial(
+            aggregate_loss,
+            mask=batch.mask,
+            mode=algo.loss_aggregation,
+            num_samples=num_samples,
+            num_tokens=num_tokens,
+            max_new_tokens=config.generation.max_new_tokens,
+        )
+        policy_loss = reduce(per_token)
+        loss = policy_loss
+        if ref_model is not None:
+            with torch.no_grad():
+                ref_logprobs, _ = response_logprobs(ref_model, batch)
+            kl_loss = reduce(kl_k3(logprobs, ref_logprobs))
+            loss = loss + algo.kl_coef * kl_loss
+            totals["kl"] += kl_loss.item()
+        loss.backward()
+        totals["policy"] += policy_loss.item()
+        totals["clip"] += (clip_active * batch.mask).sum().item()
+        totals["entropy"] += (entropy * batch.mask).sum().item()
+        totals["mismatch"] += ((old_logprobs - behavior).abs() * batch.mask).sum().item()
+        # Fig. 4's diagnostic: the token_tis weight on revision tokens, whatever mode is applied.
+        revision_mask = batch.mask * revision
+        ratio = (old_logprobs - behavior).clamp(-20.0, 20.0).exp()
+        tis = calibration_weights(old_logprobs, behavior, algo.w_min, algo.w_max)
+        totals["w_rev"] += (tis * revision_mask).sum().item()
+        outside = (ratio > algo.w_max) | (ratio < algo.w_min)
+        totals["w_clip"] += (outside.float() * revision_mask).sum().item()
+        totals["rev_tokens"] += revision_mask.sum().item()
+    grad_norm = float(
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
+    )
+    skipped = not (
+        math.isfinite(totals["policy"]) and math.isfinite(totals["kl"]) and math.isfinite(grad_norm)
+    )
+    if skipped:
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.step()
+    per_token = max(num_tokens, 1)
+    revision_tokens = totals["rev_tokens"]
+    return UpdateStats(
+        loss_policy=totals["policy"],
+        loss_kl=totals["kl"],
+        clip_frac=totals["clip"] / per_token,
+        entropy=totals["entropy"] / per_token,
+        grad_norm=grad_norm,
+        logprob_mismatch=totals["mismatch"] / per_token,
+        w_mean_revision=totals["w_rev"] / revision_tokens if revision_tokens else None,
+        w_clip_frac=totals["w_clip"] / revision_tokens if revision_tokens else None,
+        skipped=skipped,
+    )
+
+
+def assign_advantages(samples: list[Sample], algo: AlgoConfig) -> None:
+    """Eq. 5 over the samples that enter the loss, bucketed by ``algo.advantage_grouping``."""
+    if not samples:
+        return
+    grouping = algo.advantage_grouping
+    queries = [
+        (s.query_id, s.round) if grouping == "query_round_role" else s.query_id for s in samples
+    ]
+    roles = ["any" if grouping == "query" else s.role for s in samples]
+    advantages = role_wise_advantages(
+        torch.tensor([s.reward for s in samples]),
+        queries,
+        roles,
+        eps=algo.adv_eps,
+        normalize_std=algo.normalize_std,
+    )
+    for sample, adv in zip(samples, advantages.tolist(), strict=True):
+        sample.advantage = adv

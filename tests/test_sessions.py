@@ -1,0 +1,284 @@
+"""Sessions, prompts and switches: who critiques what, what each sample trains on, and rewards."""
+
+import pytest
+import torch
+
+import environments
+from icrl_cli.config import resolve
+from icrl_cli.generation import Generation
+from icrl_cli.generation.hf import HFBackend
+from icrl_cli.rollout.prompts import (
+    Prompts,
+    critic_messages,
+    encode_prompt,
+    parse_critique,
+    solver_messages,
+)
+from icrl_cli.rollout.sessions import (
+    ModelCritic,
+    RuleCritic,
+    SessionSettings,
+    run_sessions,
+    session_metrics,
+    swap_in_best_refinements,
+)
+from icrl_cli.tiny import TINY_PROMPTS, build_tokenizer
+from icrl_cli.trainer.loop import build_critic, training_batch
+from icrl_cli.trainer.policy import collate
+
+PROMPTS = Prompts(**TINY_PROMPTS)
+
+
+class ScriptedBackend:
+    """Answers each prompt with ``script(user_message)`` (log-prob −1 a token). With the tiny
+    prompts a critic's message holds '?', a revision's '|', a first attempt's neither."""
+
+    def __init__(self, tokenizer, script):
+        self.tokenizer, self.script, self.calls = tokenizer, script, []
+
+    def generate(self, prompts, max_new_tokens, temperature=1.0, top_p=1.0):
+        self.calls.append([self.tokenizer.decode(p) for p in prompts])
+        outputs = []
+        for p in prompts:
+            user = self.tokenizer.decode(p).split("<|user|>")[1].split("<|end|>")[0]
+            text = self.script(user)
+            ids = self.tokenizer.encode(text, add_special_tokens=False) + [
+                self.tokenizer.eos_token_id
+            ]
+            outputs.append(Generation(ids, [-1.0] * len(ids), "stop"))
+        return outputs
+
+    def sync_weights(self):
+        return None
+
+
+@pytest.fixture()
+def env():
+    return environments.make("math", data="synthetic", terms=3)
+
+
+@pytest.fixture()
+def task(env):
+    return env.tasks("train")[0]
+
+
+def solve(task):
+    return lambda text: f"\\boxed{{{task.answer}}}"
+
+
+def test_parse_critique_reads_the_last_tag_or_falls_back_to_the_text():
+    assert parse_critique("think<critic> fix step 2 </critic>", "critic") == "fix step 2"
+    assert parse_critique("<c>a</c> then <c>b</c>", "c") == "b"
+    assert parse_critique("  no tag here ", "critic") == "no tag here"
+
+
+def test_prompts_resolve_defaults_then_model_files_then_config(tmp_path):
+    assert Prompts.resolve({}).solver_user == "# Task\n{task}"
+    (tmp_path / "icrl_prompts.json").write_text('{"solver_user": "Q: {task}"}')
+    assert Prompts.resolve({}, str(tmp_path)).solver_user == "Q: {task}"
+    chosen = Prompts.resolve({"solver_user": "T {task}", "summary": None}, str(tmp_path))
+    assert chosen.solver_user == "T {task}" and chosen.summary == Prompts().summary
+
+
+def test_revision_prompt_adds_the_critique_section(env, task):
+    plain = solver_messages(env, task, Prompts())
+    revised = solver_messages(env, task, Prompts(), critique="check 12+3")
+    assert plain[1]["content"] == f"# Task\n{task.prompt}"
+    assert revised[1]["content"] == (
+        f"# Task\n{task.prompt}\n\n# Core Tips From Previous Critique\ncheck 12+3"
+    )
+    critic = critic_messages(task, "\\boxed{1}", 0.0, Prompts())
+    assert "reward: 0\n\\boxed{1}" in critic[1]["content"]
+
+
+def test_a_revision_trains_on_its_sampled_tokens_after_the_critique_free_prompt(env, task):
+    tokenizer = build_tokenizer()
+
+    # Round 1 fails; the critic says "45"; the revision (which sees the critique) succeeds.
+    def script(text):
+        if "?" in text:
+            return "<c>45</c>"
+        return f"\\boxed{{{task.answer}}}" if "|" in text else "\\boxed{0}"
+
+    backend = ScriptedBackend(tokenizer, script)
+    settings = SessionSettings(sessions_per_query=2, max_rounds=2, max_new_tokens=32)
+    critic = ModelCritic(backend, tokenizer, PROMPTS, settings, trainable=True)
+    samples = run_sessions(backend, tokenizer, env, [task], settings, PROMPTS, critic)
+    revision = next(s for s in samples if s.is_revision)
+    free = encode_prompt(tokenizer, solver_messages(env, task, PROMPTS))
+    behavior = encode_prompt(tokenizer, solver_messages(env, task, PROMPTS, critique="45"))
+    assert revision.prompt_ids == free and revision.behavior_prompt_ids == behavior
+    assert backend.calls[2][0] == tokenizer.decode(behavior)  # it was sampled under the critique
+    sampled = tokenizer.encode(f"\\boxed{{{task.answer}}}", add_special_tokens=False)
+    assert revision.response_ids == sampled + [tokenizer.eos_token_id]
+    batch = collate([revision], tokenizer.pad_token_id, torch.device("cpu"))
+    n = len(free) + len(revision.response_ids)
+    assert batch.input_ids[0, :n].tolist() == free + revision.response_ids
+
+
+def test_oracle_gate_critiques_failures_only_and_rewards_the_critic(env):
+    tokenizer = build_tokenizer()
+    tasks = env.tasks("train")[:2]
+    answers = {t.prompt: t.answer for t in tasks}
+    first = tasks[0].prompt
+
+    def script(body):
+        if "?" in body:
+            return "<c>tip</c>"
+        task_text = body.split("|")[0]
+        if task_text == first and "|" not in body:
+            return f"\\boxed{{{answers[task_text]}}}"  # task 0 solves at once
+        return f"\\boxed{{{answers[task_text]}}}" if "|" in body else "\\boxed{1}"
+
+    backend = ScriptedBackend(tokenizer, script)
+    settings = SessionSettings(sessions_per_query=3, max_rounds=2, max_new_tokens=32)
+    critic = ModelCritic(backend, tokenizer, PROMPTS, settings, trainable=True)
+    samples = run_sessions(backend, tokenizer, env, tasks, settings, PROMPTS, critic)
+    critics = [s for s in samples if s.role == "critic"]
+    assert len(critics) == 3 and {s.query_id for s in critics} == {tasks[1].id}
+    assert all(c.reward == 1.0 for c in critics)  # every revision after them succeeded
+    metrics = session_metrics(samples, "oracle")
+    assert metrics["solver/success_round1"] == 0.5
+    assert metrics["solver/success_final"] == 1.0
+    assert metrics["sessions/revisions"] == 3 and metrics["sessions/fix_rate"] == 1.0
+    assert metrics["sessions/break_rate"] is None
+    assert metrics["critic/tokens_mean"] == len("<c>tip</c>") + 1
+
+
+def test_ungated_critiques_successes_too_and_counts_breaks(env, task):
+    tokenizer = build_tokenizer()
+    # Everything succeeds in round 1, every revision fails: all break.
+    backend = ScriptedBackend(
+        tokenizer, lambda t: "\\boxed{0}" if "|" in t else f"\\boxed{{{task.answer}}}"
+    )
+    settings = SessionSettings(sessions_per_query=2, max_rounds=2, gate="ungated")
+    samples = run_sessions(backend, tokenizer, env, [task], settings, PROMPTS, RuleCritic(PROMPTS))
+    revisions = [s for s in samples if s.is_revision]
+    assert len(revisions) == 2 and all(s.metadata["critique"] == "ok" for s in revisions)
+    assert session_metrics(samples, "ungated")["sessions/break_rate"] == 1.0
+    assert not any(s.role == "critic" for s in samples)  # the rule critic has no samples
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"), [("success_or_delta", -1.0), ("delta", -1.0), ("success", 0.0)]
+)
+def test_critic_reward_modes_reach_the_samples(env, task, mode, expected):
+    tokenizer = build_tokenizer()
+    backend = ScriptedBackend(
+        tokenizer,
+        lambda t: (
+            "<c>x</c>" if "?" in t else ("\\boxed{0}" if "|" in t else f"\\boxed{{{task.answer}}}")
+        ),
+    )
+    settings = SessionSettings(
+        sessions_per_query=2, max_rounds=2, gate="ungated", critic_reward=mode
+    )
+    critic = ModelCritic(backend, tokenizer, PROMPTS, settings, trainable=True)
+    samples = run_sessions(backend, tokenizer, env, [task], settings, PROMPTS, critic)
+    assert [s.reward for s in samples if s.role == "critic"] == [expected, expected]
+
+
+def test_three_rounds_when_k_is_three(env, task):
+    tokenizer = build_tokenizer()
+    backend = ScriptedBackend(tokenizer, lambda t: "<c>x</c>" if "?" in t else "\\boxed{0}")
+    settings = SessionSettings(sessions_per_query=2, max_rounds=3)
+    critic = ModelCritic(backend, tokenizer, PROMPTS, settings, trainable=True)
+    samples = run_sessions(backend, tokenizer, env, [task], settings, PROMPTS, critic)
+    assert sorted(s.round for s in samples if s.role == "solver") == [1, 1, 2, 2, 3, 3]
+    assert len([s for s in samples if s.role == "critic"]) == 4
+
+
+def _icrl_samples(env, task, train_critic=True):
+    tokenizer = build_tokenizer()
+    backend = ScriptedBackend(
+        tokenizer,
+        lambda t: (
+            "<c>x</c>" if "?" in t else (f"\\boxed{{{task.answer}}}" if "|" in t else "\\boxed{0}")
+        ),
+    )
+    settings = SessionSettings(sessions_per_query=2, max_rounds=2)
+    critic = ModelCritic(backend, tokenizer, PROMPTS, settings, trainable=train_critic)
+    return run_sessions(backend, tokenizer, env, [task], settings, PROMPTS, critic)
+
+
+def test_train_critic_false_leaves_no_critic_token_in_the_loss(env, task):
+    config = resolve("tiny-math", ["algo.train_critic=false"])
+    samples = _icrl_samples(env, task, train_critic=config.algo.train_critic)
+    assert any(s.role == "critic" for s in samples)
+    assert all(s.role == "solver" for s in training_batch(samples, config))
+    trained = training_batch(_icrl_samples(env, task), resolve("tiny-math", []))
+    assert sum(s.role == "critic" for s in trained) == 2
+
+
+def test_advantage_grouping_switch(env, task):
+    # Solver rewards [0, 0, 1, 1] (two failed attempts, two fixed revisions); critics [1, 1].
+    by_role = training_batch(_icrl_samples(env, task), resolve("tiny-math", []))
+    solver = [s.advantage for s in by_role if s.role == "solver"]
+    assert solver == pytest.approx([-0.866025, -0.866025, 0.866025, 0.866025], abs=1e-5)
+    assert [s.advantage for s in by_role if s.role == "critic"] == [0.0, 0.0]  # tied bucket
+    pooled = training_batch(
+        _icrl_samples(env, task), resolve("tiny-math", ['algo.advantage_grouping="query"'])
+    )
+    # One bucket of six rewards [0, 0, 1, 1, 1, 1]: mean 2/3, std 0.516398
+    critic = [s.advantage for s in pooled if s.role == "critic"]
+    assert critic == pytest.approx([0.645497, 0.645497], abs=1e-5)
+    by_round = training_batch(
+        _icrl_samples(env, task),
+        resolve("tiny-math", ['algo.advantage_grouping="query_round_role"']),
+    )
+    assert [s.advantage for s in by_round] == [0.0] * 6  # every (round, role) bucket is tied
+
+
+def test_keep_critique_trains_revisions_in_their_sampling_context(env, task):
+    batch = training_batch(
+        _icrl_samples(env, task), resolve("tiny-math", ['algo.calibration="keep_critique"'])
+    )
+    revisions = [s for s in batch if s.is_revision]
+    assert revisions and all(s.prompt_ids == s.behavior_prompt_ids for s in revisions)
+    swapped = training_batch(_icrl_samples(env, task), resolve("tiny-math", []))
+    assert all(s.prompt_ids != s.behavior_prompt_ids for s in swapped if s.is_revision)
+
+
+def test_critique_grpo_swaps_the_best_refinement_into_the_group(env, task):
+    tokenizer = build_tokenizer()
+    backend = ScriptedBackend(
+        tokenizer, lambda t: f"\\boxed{{{task.answer}}}" if "|" in t else "\\boxed{0}"
+    )
+    settings = SessionSettings(sessions_per_query=4, max_rounds=2, gate="ungated")
+    samples = run_sessions(backend, tokenizer, env, [task], settings, PROMPTS, RuleCritic(PROMPTS))
+    kept = swap_in_best_refinements(samples)
+    assert len(kept) == 4
+    assert [(s.session, s.round, s.reward) for s in kept] == [
+        (0, 2, 1.0),
+        (1, 1, 0.0),
+        (2, 1, 0.0),
+        (3, 1, 0.0),
+    ]
+    config = resolve("tiny-math", ['algo.name="critique-grpo"'])
+    assert (config.algo.critic, config.algo.critic_gate, config.algo.calibration) == (
+        "rule",
+        "ungated",
+        "luffy_shaping",
+    )
+    assert not config.algo.normalize_std and not config.algo.train_critic
+    batch = training_batch(samples, config)
+    # No std normalisation: rewards [1, 0, 0, 0] − 0.25
+    assert [s.advantage for s in batch] == pytest.approx([0.75, -0.25, -0.25, -0.25])
+
+
+def test_critic_switch_builds_the_right_critic(tiny_dir, random_tiny):
+    model, tokenizer = random_tiny
+    backend = HFBackend(model, tokenizer)
+    settings = SessionSettings(sessions_per_query=2, max_rounds=2)
+    built = {}
+    for spec in ("self", "rule", str(tiny_dir)):
+        config = resolve("tiny-math", [f'algo.critic="{spec}"'])
+        built[spec] = build_critic(config, backend, tokenizer, PROMPTS, settings)
+    assert isinstance(built["self"], ModelCritic) and built["self"].backend is backend
+    assert built["self"].trainable
+    assert isinstance(built["rule"], RuleCritic)
+    frozen = built[str(tiny_dir)]
+    assert isinstance(frozen, ModelCritic) and not frozen.trainable
+    assert frozen.backend.model is not model
+    grpo = resolve("tiny-math", ['algo.name="grpo"'])
+    assert build_critic(grpo, backend, tokenizer, PROMPTS, settings) is None
