@@ -15,7 +15,7 @@ from rich.text import Text
 
 import environments
 from environments import EnvError
-from icrl_cli.config import ConfigError, list_presets, load_run_config, resolve
+from icrl_cli.config import ConfigError, RunConfig, list_presets, load_run_config, resolve, to_toml
 from icrl_cli.models import ModelLoadError
 
 app = typer.Typer(
@@ -78,7 +78,7 @@ def train(
     ] = False,
 ) -> None:
     """Train with GRPO, ICRL or Critique-GRPO (default: the tiny model on synthetic math)."""
-    from icrl_cli.config import apply_override, build_config, parse_override, to_toml
+    from icrl_cli.config import apply_override, build_config, parse_override
 
     overrides = list(set_ or [])
     for key, value in (
@@ -106,13 +106,36 @@ def train(
             Path(config.train.output_dir) if config.train.output_dir else default_run_dir(config)
         )
     if dry_run:
-        console.print(f"[bold]run directory:[/bold] {run_dir}")
-        console.print(to_toml(config), highlight=False, markup=False)
+        print_plan(config, run_dir)
         return
     from icrl_cli.trainer.loop import train as run_training
 
     final = run_training(config, run_dir, resume=resume is not None, console=errors)
     console.print(f"done: {final}")
+
+
+def print_plan(config: RunConfig, run_dir: Path) -> None:
+    """What a run would do, then its full configuration; nothing is loaded."""
+    algo, train = config.algo, config.train
+    rounds = 1 if algo.name == "grpo" else algo.max_rounds
+    table = Table("", "", show_header=False, title="plan")
+    table.add_row("run directory", str(run_dir))
+    table.add_row("model", config.model.name)
+    table.add_row("environment", f"{config.env.name} ({config.env.data}, {config.env.train_split})")
+    table.add_row("algorithm", algo.name)
+    table.add_row(
+        "sessions",
+        f"{train.queries_per_step} queries × G={algo.sessions_per_query}, up to K={rounds} rounds",
+    )
+    if algo.name != "grpo":
+        table.add_row(
+            "critic",
+            f"{algo.critic} ({algo.critic_gate} gate), calibration {algo.calibration} "
+            f"in [{algo.w_min:g}, {algo.w_max:g}]",
+        )
+    table.add_row("steps", f"{train.steps} at lr {train.lr:g}, checkpoint every {train.save_every}")
+    console.print(table)
+    console.print(to_toml(config), highlight=False, markup=False)
 
 
 @app.command()

@@ -14,8 +14,6 @@ import tomli_w
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-ALGORITHMS = ("grpo", "icrl", "critique-grpo")
-BUILT_ALGORITHMS = ("grpo", "icrl", "critique-grpo")
 CRITIQUE_GRPO_DEFAULTS = {
     "critic": "rule",
     "critic_gate": "ungated",

@@ -330,7 +330,7 @@ def test_hub_rows_become_tasks(monkeypatch):
 
 
 def test_registry_and_episodes():
-    env = environments.make("math", terms=2)
+    env = environments.make("math", digits=2, terms=2)
     assert isinstance(env, MathEnvironment) and env.name == "math"
     assert env.splits() == ["train", "test"]
     assert env.tasks("test") is env.tasks("test")  # cached

@@ -71,7 +71,7 @@ def reproducible(path: Path) -> list[dict]:
 
 def test_run_directory_layout_and_final_model(tiny_dir, tmp_path):
     run = tmp_path / "run"
-    proc = icrl(*train_args(run, 3))
+    proc = icrl(*train_args(run, 3), "--algo", "grpo")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -84,6 +84,8 @@ def test_run_directory_layout_and_final_model(tiny_dir, tmp_path):
     assert len(samples) == 16 and {"text", "reward", "advantage", "role"} <= set(samples[0])
     model = AutoModelForCausalLM.from_pretrained(run / "final")
     assert model.config.model_type == "qwen3"
+    # The run's prompt templates travel with the model, so `icrl eval` prompts it the same way.
+    assert json.loads((run / "final" / "icrl_prompts.json").read_text())["solver_user"] == "{task}"
 
 
 def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tiny_dir, tmp_path):

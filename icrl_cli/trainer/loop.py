@@ -7,6 +7,7 @@ Face model directory).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -28,7 +29,7 @@ from environments.math import grading
 from icrl_cli.config import RunConfig, to_toml
 from icrl_cli.generation.hf import HFBackend
 from icrl_cli.models import load_model, resolve_model_name
-from icrl_cli.rollout.prompts import Prompts
+from icrl_cli.rollout.prompts import PROMPTS_FILE, Prompts
 from icrl_cli.rollout.samples import Sample
 from icrl_cli.rollout.sessions import (
     Critic,
@@ -176,14 +177,14 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     return target
 
 
-def save_model_dir(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path
+def write_model(
+    path: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Prompts
 ) -> None:
-    def write(path: Path) -> None:
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-
-    write_atomically(target, write)
+    """A Hugging Face model directory, plus the prompt templates it was trained with, so that
+    `icrl eval` on it prompts the model the way training did."""
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    _write_json(path / PROMPTS_FILE, prompts.to_json())
 
 
 def save_checkpoint(
@@ -191,13 +192,13 @@ def save_checkpoint(
     step: int,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
+    prompts: Prompts,
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     keep: int,
 ) -> Path:
     def write(path: Path) -> None:
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
+        write_model(path, model, tokenizer, prompts)
         torch.save(optimizer.state_dict(), path / "optimizer.pt")
         rng = {
             "python": random.getstate(),
@@ -372,6 +373,7 @@ def train(
                     step,
                     model,
                     tokenizer,
+                    prompts,
                     optimizer,
                     {"skipped_steps": skipped_steps, "sampler": sampler.state()},
                     config.train.keep_checkpoints,
@@ -381,6 +383,7 @@ def train(
                 advance=1,
                 info=f"reward {record['solver/reward_mean']:.3f}  skipped {skipped_steps}",
             )
-    final = run_dir / "final"
-    save_model_dir(model, tokenizer, final)
-    return final
+    return write_atomically(
+        run_dir / "final",
+        functools.partial(write_model, model=model, tokenizer=tokenizer, prompts=prompts),
+    )

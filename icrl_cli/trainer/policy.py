@@ -144,7 +144,18 @@ def policy_update(
     num_samples = len(samples)
     num_tokens = int(sum(sum(s.loss_mask) for s in samples))
     totals = dict.fromkeys(
-        ("policy", "kl", "clip", "entropy", "mismatch", "w_rev", "w_clip", "rev_tokens"), 0.0
+        (
+            "policy",
+            "kl",
+            "clip",
+            "entropy",
+            "mismatch",
+            "same_context_tokens",
+            "w_rev",
+            "w_clip",
+            "rev_tokens",
+        ),
+        0.0,
     )
     optimizer.zero_grad(set_to_none=True)
     model.train()
@@ -187,7 +198,10 @@ def policy_update(
         totals["policy"] += policy_loss.item()
         totals["clip"] += (clip_active * batch.mask).sum().item()
         totals["entropy"] += (entropy * batch.mask).sum().item()
-        totals["mismatch"] += ((old_logprobs - behavior).abs() * batch.mask).sum().item()
+        # Sampler-vs-trainer mismatch, where both saw the same context (not revisions).
+        same_context = batch.mask * ~revision
+        totals["mismatch"] += ((old_logprobs - behavior).abs() * same_context).sum().item()
+        totals["same_context_tokens"] += same_context.sum().item()
         # Fig. 4's diagnostic: the token_tis weight on revision tokens, whatever mode is applied.
         revision_mask = batch.mask * revision
         ratio = (old_logprobs - behavior).clamp(-20.0, 20.0).exp()
@@ -214,7 +228,7 @@ def policy_update(
         clip_frac=totals["clip"] / per_token,
         entropy=totals["entropy"] / per_token,
         grad_norm=grad_norm,
-        logprob_mismatch=totals["mismatch"] / per_token,
+        logprob_mismatch=totals["mismatch"] / max(totals["same_context_tokens"], 1.0),
         w_mean_revision=totals["w_rev"] / revision_tokens if revision_tokens else None,
         w_clip_frac=totals["w_clip"] / revision_tokens if revision_tokens else None,
         skipped=skipped,
