@@ -36,7 +36,7 @@ from icrl_cli.rollout.prompts import (
 from icrl_cli.rollout.sessions import ModelCritic, SessionSettings, run_sessions, session_metrics
 
 # Bump when anything below changes what is built, so stale caches are not reused.
-TINY_VERSION = "2"
+TINY_VERSION = "3"
 SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 # Each message is its role marker, its text character by character, then <|end|> (the EOS).
 # System messages are left out: every character costs compute on a CPU, and the tiny model
@@ -65,7 +65,7 @@ DIRECT_SHARE = 0.75
 TARGET_SUCCESS = 0.15
 # …and once the model's own critique already helps by this much: without that gap there would
 # be nothing for ICRL to internalise.
-TARGET_GAP = 0.15
+TARGET_GAP = 0.25
 VALIDATION_SIZE = 200
 
 _console = Console(stderr=True)
