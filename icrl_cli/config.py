@@ -129,21 +129,6 @@ class AlgoConfig(Section):
         description="Buckets in which rewards are normalised (Eq. 5): per (query, role); per "
         "query with both roles pooled; or per (query, round, role).",
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _baseline_defaults(cls, data: Any) -> Any:
-        # Critique-GRPO as published: settings the user did not choose take the baseline's values.
-        if isinstance(data, dict) and data.get("name") == "critique-grpo":
-            data = {**CRITIQUE_GRPO_DEFAULTS, **data}
-        return data
-
-    @model_validator(mode="after")
-    def _bounds(self) -> AlgoConfig:
-        if self.w_min > self.w_max:
-            raise ValueError("algo.w_min must not exceed algo.w_max")
-        return self
-
     behavior_logprobs: Literal["engine", "recompute"] = Field(
         "engine",
         description="μ in the calibration weight: the log-probs the generation engine reported "
@@ -168,6 +153,20 @@ class AlgoConfig(Section):
             "samples × max_new_tokens divisor (Dr. GRPO).",
         )
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _baseline_defaults(cls, data: Any) -> Any:
+        # Critique-GRPO as published: settings the user did not choose take the baseline's values.
+        if isinstance(data, dict) and data.get("name") == "critique-grpo":
+            data = {**CRITIQUE_GRPO_DEFAULTS, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AlgoConfig:
+        if self.w_min > self.w_max:
+            raise ValueError("algo.w_min must not exceed algo.w_max")
+        return self
 
 
 class PromptConfig(Section):
