@@ -8,6 +8,7 @@ group ``icrl.environments`` (the entry point names a factory taking keyword opti
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -54,6 +55,7 @@ class Environment(Protocol):
     """A family of tasks with fixed splits."""
 
     name: str
+    multi_turn: bool  # episodes of several actions (the solver acts turn by turn)
 
     def splits(self) -> list[str]: ...
 
@@ -110,4 +112,10 @@ def make(name: str, **options: Any) -> Environment:
     if name not in _REGISTRY:
         valid = ", ".join(available())
         raise EnvError(f"unknown environment '{name}'; choose one of: {valid}")
-    return _REGISTRY[name](**options)
+    factory = _REGISTRY[name]
+    try:
+        inspect.signature(factory).bind(**options)
+    except TypeError as err:
+        # Checked before the call, so a TypeError raised inside a constructor stays a bug report.
+        raise EnvError(f"environment '{name}' rejects its options: {err}") from None
+    return factory(**options)

@@ -121,7 +121,8 @@ def print_plan(config: RunConfig, run_dir: Path) -> None:
     table = Table("", "", show_header=False, title="plan")
     table.add_row("run directory", str(run_dir))
     table.add_row("model", config.model.name)
-    table.add_row("environment", f"{config.env.name} ({config.env.data}, {config.env.train_split})")
+    data = config.env.data or "default data"
+    table.add_row("environment", f"{config.env.name} ({data}, {config.env.train_split})")
     table.add_row("algorithm", algo.name)
     table.add_row(
         "sessions",
@@ -162,8 +163,9 @@ def eval_(
     ],
     env: Annotated[str, typer.Option(help="Environment name.")] = "math",
     data: Annotated[
-        str, typer.Option(help="Dataset: synthetic, gsm8k, math500, a file or hf:REPO[:CONFIG].")
-    ] = "synthetic",
+        str | None,
+        typer.Option(help="Math data: synthetic (default), gsm8k, math500, a file or hf:REPO."),
+    ] = None,
     split: Annotated[
         str | None, typer.Option(help="Split to evaluate on (default: test, or the only one).")
     ] = None,
@@ -175,15 +177,17 @@ def eval_(
 ) -> None:
     """Critique-free success of one attempt per task (success_round1)."""
     from icrl_cli.evaluation.evaluate import evaluate
+    from icrl_cli.trainer.loop import make_environment
 
-    environment = environments.make(env, data=data)
+    environment = make_environment(env, data, {})
     if split is None:
         splits = environment.splits()
         split = "test" if "test" in splits else splits[0]
+    label = data or "default"
     result = evaluate(
-        model, environment, env, data, split, limit, max_new_tokens, temperature, seed
+        model, environment, env, label, split, limit, max_new_tokens, temperature, seed
     )
-    table = Table("metric", "value", title=f"{model} on {env}:{data} ({split}, n={result.n})")
+    table = Table("metric", "value", title=f"{model} on {env}:{label} ({split}, n={result.n})")
     table.add_row("success_round1", f"{result.success_round1:.3f}")
     table.add_row("reward_mean", f"{result.reward_mean:.3f}")
     table.add_row("response_tokens_mean", f"{result.response_tokens_mean:.1f}")

@@ -55,10 +55,10 @@ class ModelConfig(Section):
 
 class EnvConfig(Section):
     name: str = Field("math", description="A registered environment (see `icrl envs`).")
-    data: str = Field(
-        "synthetic",
-        description="For math: 'synthetic', 'gsm8k', 'math500', a .jsonl/.parquet file, or "
-        "'hf:REPO[:CONFIG]' for a Hugging Face dataset.",
+    data: str | None = Field(
+        None,
+        description="The environment's data; None is its default. For math: 'synthetic' (the "
+        "default), 'gsm8k', 'math500', a .jsonl/.parquet file, or 'hf:REPO[:CONFIG]'.",
     )
     train_split: str = Field("train", description="Split the training queries are drawn from.")
     eval_split: str = Field("test", description="Split `icrl eval` uses when none is given.")

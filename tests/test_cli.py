@@ -33,6 +33,7 @@ def test_commands_not_built_yet_say_so_and_exit_2(command):
         (["train", "--algo", "ppo"], "'grpo', 'icrl' or 'critique-grpo'"),
         (["train", "--env", "nope"], "unknown environment 'nope'; choose one of: household, math"),
         (["train", "--set", "train"], "--set expects dotted.key=value"),
+        (["train", "--env", "household"], "environment 'household' rejects its options"),
         (["eval", "--model", "./no/such/dir"], "model path './no/such/dir' does not exist"),
         (["eval", "--model", "tiny", "--data", "/no/file.jsonl"], "/no/file.jsonl"),
         (["eval", "--model", "tiny", "--split", "validation"], "validation"),
@@ -99,3 +100,11 @@ def test_paper_presets_print_their_plan_without_loading_weights(preset):
     assert "16 queries × G=8, up to K=2 rounds" in result.output
     assert "calibration token_tis in [0, 2]" in result.output
     assert "lr = 1e-06" in result.output and "eps_high = 0.28" in result.output
+
+
+def test_training_a_multi_turn_environment_says_it_is_not_built_yet(tmp_path):
+    preset = tmp_path / "household.toml"
+    preset.write_text('[env]\nname = "household"\n')
+    result = runner.invoke(app, ["train", "--preset", str(preset)])
+    assert result.exit_code == 2
+    assert "multi-turn sessions are not built yet" in result.output

@@ -63,6 +63,7 @@ class HouseholdEnvironment:
     "You arrive at …" prefix of "go to" feedback that the original AgentGym server strips."""
 
     name = "household"
+    multi_turn = True
 
     def __init__(
         self, seed: int = 0, max_steps: int = 50, version: str = "0.3.3", arrival: bool = False

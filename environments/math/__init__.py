@@ -49,6 +49,7 @@ class MathEnvironment:
     ``timeout`` bounds each math-verify check in seconds."""
 
     name = "math"
+    multi_turn = False
 
     def __init__(
         self,

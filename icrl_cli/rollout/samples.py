@@ -42,13 +42,11 @@ class Sample:
     def success(self) -> bool:
         return self.reward == 1.0
 
-    def to_json(self, tokenizer: Any | None = None) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         """A JSON-ready view for samples/step-N.jsonl: texts and numbers, not token lists."""
         record = asdict(self)
         for key in ("prompt_ids", "behavior_prompt_ids", "response_ids", "loss_mask"):
             record.pop(key)
         record.pop("behavior_logprobs")
         record["response_tokens"] = len(self.response_ids)
-        if tokenizer is not None:
-            record["prompt"] = tokenizer.decode(self.prompt_ids)
         return record

@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 import environments
 from environments import Environment, Task
 from environments.math import grading
-from icrl_cli.config import RunConfig, to_toml
+from icrl_cli.config import ConfigError, RunConfig, to_toml
 from icrl_cli.generation.hf import HFBackend
 from icrl_cli.models import load_model, resolve_model_name
 from icrl_cli.rollout.prompts import PROMPTS_FILE, Prompts
@@ -80,8 +80,10 @@ class QuerySampler:
         self._order = self._permutation()
 
 
-def make_environment(config: RunConfig) -> Environment:
-    return environments.make(config.env.name, data=config.env.data, **config.env.options)
+def make_environment(name: str, data: str | None, options: dict[str, Any]) -> Environment:
+    """The environment ``name``; ``data`` is passed only when chosen (not every one takes it)."""
+    chosen = {"data": data} if data is not None else {}
+    return environments.make(name, **chosen, **options)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -256,7 +258,12 @@ def train(
 ) -> Path:
     """Run (or continue) training into ``run_dir``; returns the path of ``final/``."""
     console = console or Console(stderr=True)
-    env = make_environment(config)
+    env = make_environment(config.env.name, config.env.data, config.env.options)
+    if env.multi_turn:
+        raise ConfigError(
+            f"environment '{config.env.name}' is multi-turn; multi-turn sessions are not built "
+            "yet (single-step environments: math)"
+        )
     train_tasks = list(env.tasks(config.env.train_split))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(config))
