@@ -155,6 +155,27 @@ def envs() -> None:
         console.print(name)
 
 
+env_app = typer.Typer(help="Serve an environment over AgentGym's HTTP API.", no_args_is_help=True)
+app.add_typer(env_app, name="env")
+
+
+@env_app.command("serve")
+@user_errors
+def env_serve(
+    name: Annotated[str, typer.Argument(help="A registered environment, e.g. household.")],
+    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean it.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 36001,
+) -> None:
+    """Serve NAME over AgentGym's original API (create / reset / step, /close, /health)."""
+    from environments.agentgym import serve
+
+    environments.make(name)  # an unknown name fails here, with the valid ones listed
+    errors.print(f"serving {name} on http://{host}:{port}")
+    serve(name, host=host, port=port)
+
+
 @app.command("eval")
 @user_errors
 def eval_(

@@ -108,3 +108,34 @@ def test_training_a_multi_turn_environment_says_it_is_not_built_yet(tmp_path):
     result = runner.invoke(app, ["train", "--preset", str(preset)])
     assert result.exit_code == 2
     assert "multi-turn sessions are not built yet" in result.output
+
+
+def test_env_serve_answers_health_on_loopback_and_rejects_unknown_names():
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "icrl_cli", "env", "serve", "household", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                reply = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        assert reply.json() == {"status": "ok", "service": "household"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    result = runner.invoke(app, ["env", "serve", "nope"])
+    assert result.exit_code == 2 and "unknown environment 'nope'" in result.output
