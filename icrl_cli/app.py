@@ -78,7 +78,7 @@ def train(
     ] = False,
 ) -> None:
     """Train with GRPO, ICRL or Critique-GRPO (default: the tiny model on synthetic math)."""
-    from icrl_cli.config import apply_override, build_config, parse_override
+    from icrl_cli.config import with_overrides
 
     overrides = list(set_ or [])
     for key, value in (
@@ -93,10 +93,8 @@ def train(
     if resume is not None:
         if not (resume / "config.toml").is_file():
             raise ConfigError(f"--resume {resume}: no config.toml there (not a run directory)")
-        data = load_run_config(resume / "config.toml").model_dump(mode="json", exclude_none=True)
-        for text in overrides:
-            apply_override(data, *parse_override(text))
-        config = build_config(data)
+        saved = load_run_config(resume / "config.toml")
+        config = with_overrides(saved.model_dump(mode="json", exclude_none=True), overrides)
         run_dir = resume
     else:
         config = resolve(preset or DEFAULT_PRESET, overrides)

@@ -341,12 +341,16 @@ def build_config(data: dict[str, Any]) -> RunConfig:
         raise ConfigError(f"invalid value for {where}: {first['msg']}") from None
 
 
-def resolve(preset: str | None, overrides: list[str]) -> RunConfig:
-    data = load_preset(preset) if preset else {}
+def with_overrides(data: dict[str, Any], overrides: list[str]) -> RunConfig:
+    """Apply ``--set`` overrides to a config dict and validate the result."""
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(data, keys, value)
     return build_config(data)
+
+
+def resolve(preset: str | None, overrides: list[str]) -> RunConfig:
+    return with_overrides(load_preset(preset) if preset else {}, overrides)
 
 
 def to_toml(config: RunConfig) -> str:
