@@ -7,20 +7,24 @@ from environments.base import (
     EnvError,
     Environment,
     Episode,
+    EpisodeFailed,
     StepResult,
     Task,
     available,
     make,
+    opening,
     register,
 )
 
 __all__ = [
     "Environment",
     "EnvError",
+    "EpisodeFailed",
     "Episode",
     "StepResult",
     "Task",
     "available",
     "make",
+    "opening",
     "register",
 ]

@@ -21,6 +21,11 @@ class EnvError(ValueError):
     """A user-facing problem with an environment or its data (unknown name, bad row, …)."""
 
 
+class EpisodeFailed(RuntimeError):
+    """An episode could not go on for reasons outside the policy (its server died, timed out,
+    or answered nonsense). Sessions drop such an episode from training and count it."""
+
+
 @dataclass(frozen=True)
 class Task:
     """One problem: ``prompt`` is the task text the solver sees, ``answer`` the gold (if any)."""
@@ -78,6 +83,19 @@ class Environment(Protocol):
     def critique_demonstration(self, task: Task, attempt: str) -> str | None:
         """An expert critique of a failed ``attempt`` (to warm-start the critic), or None."""
         ...
+
+
+def opening(task: Task, episode: Episode) -> str:
+    """What the solver sees first in a multi-turn episode: the look text, a newline, "Your task
+    is to: …" (AgentGym's reset observation). A task prompt that already extends the episode's
+    first observation (household's does) is used as it is; a remote task has no prompt of its
+    own, and its first observation is the whole opening."""
+    first = episode.initial_observation()
+    if not task.prompt or task.prompt.startswith(first):
+        return task.prompt or first
+    if not first:
+        return task.prompt
+    return f"{first}\n{task.prompt}"
 
 
 EnvironmentFactory = Callable[..., Environment]

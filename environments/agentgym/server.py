@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
-from environments.base import EnvError, Environment, Episode, Task, make
+from environments.base import EnvError, Environment, Episode, Task, make, opening
 
 WORLD_TYPES = ("Text", "Embody", "Hybrid")
 DEFAULT_PORT = 36001  # the port base of ICRL's README and AgentGym's launch line
@@ -40,15 +40,6 @@ def game_list(env: Environment, eval_split: str | None = None) -> list[Task]:
         )
     train = list(env.tasks("train")) if "train" in splits else []
     return train + list(env.tasks(eval_split))
-
-
-def opening(task: Task, episode: Episode) -> str:
-    """Look text, newline, "Your task is to: …": the prompt already reads so when it extends
-    the episode's first observation (household's does)."""
-    first = episode.initial_observation()
-    if not first or task.prompt.startswith(first):
-        return task.prompt
-    return f"{first}\n{task.prompt}"
 
 
 def actions_of(episode: Episode, info: dict[str, Any] | None = None) -> list[str]:
