@@ -1,6 +1,7 @@
 """Pluggable environments for icrl: the protocol, the registry and the built-in task families."""
 
 # Importing the built-in families registers them.
+from environments import agentgym as _agentgym  # noqa: E402,F401
 from environments import household as _household  # noqa: E402,F401
 from environments import math as _math  # noqa: E402,F401
 from environments.base import (
@@ -13,6 +14,7 @@ from environments.base import (
     available,
     make,
     opening,
+    react_action,
     register,
 )
 
@@ -26,5 +28,6 @@ __all__ = [
     "available",
     "make",
     "opening",
+    "react_action",
     "register",
 ]

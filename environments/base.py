@@ -98,6 +98,16 @@ def opening(task: Task, episode: Episode) -> str:
     return f"{first}\n{task.prompt}"
 
 
+def react_action(reply: str) -> str:
+    """The command in a ReAct reply ("Thought: … Action: <command>"): the first line after the
+    last "Action:", stripped. AgentGym's parser keeps every line after it, so any chatter the
+    model adds would turn a valid command into "Nothing happens.". A reply without "Action:" is
+    taken as a bare command."""
+    if "Action:" not in reply:
+        return reply.strip()
+    return reply.rsplit("Action:", 1)[1].strip().partition("\n")[0].strip()
+
+
 EnvironmentFactory = Callable[..., Environment]
 _REGISTRY: dict[str, EnvironmentFactory] = {}
 

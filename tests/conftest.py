@@ -1,7 +1,16 @@
-"""Shared fixtures: the real tiny model (built once and cached) and an untrained twin."""
+"""Shared fixtures: the real tiny model (built once and cached) and an untrained twin, and
+loopback HTTP servers for the AgentGym tests."""
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
+import uvicorn
 
 from icrl_cli.tiny import build_model, build_tokenizer, tiny_model_dir
 
@@ -18,3 +27,51 @@ def random_tiny():
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
     return build_model(tokenizer, seed=0).eval(), tokenizer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    """A uvicorn server running in a background thread."""
+
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def serve_app() -> Iterator[Callable[[Any], LiveServer]]:
+    """Starts an ASGI app under uvicorn on a free loopback port in a background thread; servers
+    still running at the end of the session are stopped then."""
+    servers: list[LiveServer] = []
+
+    def start(app: Any) -> LiveServer:
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.started, "uvicorn did not start within 10 s"
+        servers.append(LiveServer(f"http://127.0.0.1:{port}", server, thread))
+        return servers[-1]
+
+    yield start
+    for live in servers:
+        live.stop()
+
+
+@pytest.fixture()
+def dead_url() -> str:
+    """A loopback URL where nothing listens (a port bound, then released)."""
+    return f"http://127.0.0.1:{free_port()}"

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from environments.agentgym import AgentGymClient, create_app
@@ -30,27 +27,10 @@ def http() -> Iterator[TestClient]:
         yield client
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def live_url() -> Iterator[str]:
+def live_url(serve_app) -> str:
     """A real uvicorn server on a free loopback port, in a background thread."""
-    port = free_port()
-    config = uvicorn.Config(create_app("household", seed=0), host="127.0.0.1", port=port)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start within 10 s"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=5)
+    return serve_app(create_app("household", seed=0)).url
 
 
 def reset(http: TestClient, game: int = GAME) -> int:
@@ -158,13 +138,13 @@ def test_client_speaks_the_fork_protocol() -> None:
         episode.step("again")
 
 
-def test_unreachable_server_gives_one_line_error() -> None:
-    url = f"http://127.0.0.1:{free_port()}"  # bound then released: nothing listens there
-    client = AgentGymClient([url], "household", timeout=2.0, retries=2, backoff=0.01)
+def test_unreachable_server_gives_one_line_error(dead_url: str) -> None:
+    client = AgentGymClient([dead_url], "household", timeout=2.0, retries=2, backoff=0.01)
     start = time.monotonic()
     with pytest.raises(EnvError) as caught:
         client.start(GAME)
     message = str(caught.value)
     assert "\n" not in message
-    assert url in message and "POST" in message and "/create" in message and "3 times" in message
+    assert dead_url in message and "POST" in message
+    assert "/create" in message and "3 times" in message
     assert time.monotonic() - start < 5

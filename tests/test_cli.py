@@ -31,7 +31,10 @@ def test_commands_not_built_yet_say_so_and_exit_2(command):
         (["train", "--preset", "nope"], "unknown preset 'nope'; choose one of: "),
         (["train", "--set", "train.nope=1"], "unknown config key 'train.nope'"),
         (["train", "--algo", "ppo"], "'grpo', 'icrl' or 'critique-grpo'"),
-        (["train", "--env", "nope"], "unknown environment 'nope'; choose one of: household, math"),
+        (
+            ["train", "--env", "nope"],
+            "unknown environment 'nope'; choose one of: agentgym, household, math",
+        ),
         (["train", "--set", "train"], "--set expects dotted.key=value"),
         (["train", "--env", "household"], "environment 'household' rejects its options"),
         (["eval", "--model", "./no/such/dir"], "model path './no/such/dir' does not exist"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from environments.base import EnvError, StepResult, Task, register
+from environments.base import EnvError, StepResult, Task, react_action, register
 from environments.household import expert
 from environments.household.catalog import TASK_TYPES
 from environments.household.generate import (
@@ -45,9 +45,7 @@ class HouseholdEpisode:
     def step(self, action: str) -> StepResult:
         if self.done:
             raise EnvError(f"episode for task {self.task.id} is over; start a new one")
-        # A ReAct reply carries its command after "Action:"; a bare command is taken as is.
-        command = action.rsplit("Action:", 1)[1] if "Action:" in action else action
-        observation = self.world.act(command)
+        observation = self.world.act(react_action(action))
         self.steps += 1
         won = self.world.satisfied(self.goal)
         self.done = won or self.steps >= self.max_steps
