@@ -67,6 +67,21 @@ class EnvConfig(Section):
         description="Extra keyword options for the environment's factory "
         "(for math: question_field, answer_field, digits, terms, test_size, seed).",
     )
+    max_turns: int = Field(
+        30, ge=1, description="Multi-turn environments: actions per episode before it is stopped."
+    )
+    repeat_limit: int = Field(
+        3,
+        ge=2,
+        description="Multi-turn environments: stop an episode once its last this-many actions "
+        "are the same command.",
+    )
+    summary_observation_chars: int = Field(
+        300,
+        ge=0,
+        description="Multi-turn environments: each observation in the critic's trajectory "
+        "summary is cut to this many characters.",
+    )
 
 
 class AlgoConfig(Section):
@@ -198,6 +213,9 @@ class PromptConfig(Section):
     rule_incorrect: str | None = Field(
         None, description="The rule critic's text for a failure; placeholder {answer}."
     )
+    rule_failed: str | None = Field(
+        None, description="The rule critic's text for a failed task that has no gold answer."
+    )
 
 
 class GenerationConfig(Section):
@@ -211,6 +229,13 @@ class GenerationConfig(Section):
         256,
         ge=1,
         description="Prompts per generate call; lower it if generation runs out of memory.",
+    )
+    context_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Multi-turn environments: the context budget (prompt, actions and "
+        "observations); an episode whose next turn would not fit stops. None is the model's "
+        "max_position_embeddings.",
     )
 
 

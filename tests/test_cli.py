@@ -105,14 +105,6 @@ def test_paper_presets_print_their_plan_without_loading_weights(preset):
     assert "lr = 1e-06" in result.output and "eps_high = 0.28" in result.output
 
 
-def test_training_a_multi_turn_environment_says_it_is_not_built_yet(tmp_path):
-    preset = tmp_path / "household.toml"
-    preset.write_text('[env]\nname = "household"\n')
-    result = runner.invoke(app, ["train", "--preset", str(preset)])
-    assert result.exit_code == 2
-    assert "multi-turn sessions are not built yet" in result.output
-
-
 def test_env_serve_answers_health_on_loopback_and_rejects_unknown_names():
     import socket
     import time

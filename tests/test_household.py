@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 
 import environments
+from environments.base import EnvError
 from environments.household import HouseholdEnvironment
 from environments.household.catalog import TASK_TYPES
 from environments.household.generate import build_splits, held_out, split_summary
@@ -342,3 +343,15 @@ def test_registered(env: HouseholdEnvironment) -> None:
     assert (
         made.tasks("eval_in_distribution")[0].prompt == env.tasks("eval_in_distribution")[0].prompt
     )
+
+
+def test_task_types_keep_only_those_tasks_with_their_ids() -> None:
+    full = HouseholdEnvironment()
+    only = HouseholdEnvironment(task_types=["look_at_obj_in_light"])
+    kept = only.tasks("eval_out_of_distribution")
+    # The README's split table: 11 look-in-light tasks out of distribution.
+    assert len(kept) == 11
+    by_id = {t.id: t for t in full.tasks("eval_out_of_distribution")}
+    assert all(by_id[t.id] == t for t in kept)
+    with pytest.raises(EnvError, match="unknown household task type"):
+        HouseholdEnvironment(task_types=["juggle"])

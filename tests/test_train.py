@@ -4,12 +4,14 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -111,6 +113,84 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tiny_dir, tmp_pat
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert reproducible(killed / "metrics.jsonl") == reproducible(reference / "metrics.jsonl")
+
+
+def test_multi_turn_training_on_the_household_world(tiny_dir, tmp_path):
+    preset = tmp_path / "household.toml"
+    preset.write_text(
+        '[env]\nname = "household"\nmax_turns = 3\n'
+        '[algo]\nname = "icrl"\nsessions_per_query = 2\ncritic_max_new_tokens = 8\n'
+        "[generation]\nmax_new_tokens = 12\n"
+        "[train]\nsteps = 2\nqueries_per_step = 2\nsamples_every = 1\n"
+    )
+    run = tmp_path / "run"
+    proc = icrl("train", "--preset", str(preset), "--output-dir", str(run))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        assert 1 <= row["env/turns_mean"] <= 3
+        assert row["env/failed_episodes"] == 0 and row["env/stop_failed"] == 0
+        stops = sum(row[f"env/stop_{s}"] for s in ("done", "turns", "repeat", "context"))
+        assert math.isclose(stops, 1.0)
+    samples = [json.loads(x) for x in (run / "samples" / "step-1.jsonl").read_text().splitlines()]
+    first = [s for s in samples if s["role"] == "solver" and s["round"] == 1]
+    assert len(first) == 4
+    for s in first:
+        meta = s["metadata"]
+        assert meta["turns"] == len(meta["trajectory"]) <= 3
+        # The critic reads "> action" / observation lines of this very trajectory.
+        assert meta["summary"].startswith(f"> {meta['trajectory'][0][0]}")
+        assert meta["task"].endswith(".") and "Your task is to: " in meta["task"]
+
+
+def test_training_goes_on_when_the_environment_server_dies(tiny_dir, tmp_path):
+    """The household world over HTTP through the AgentGym client; the server is killed after
+    the first step, and every episode after that is counted as failed."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = icrl("env", "serve", "household", "--port", str(port))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            assert time.monotonic() < deadline, "icrl env serve did not come up"
+            time.sleep(0.2)
+    preset = tmp_path / "remote.toml"
+    preset.write_text(
+        '[env]\nname = "agentgym"\ntrain_split = "train"\nmax_turns = 2\n'
+        f'[env.options]\nurls = ["{url}"]\nenv_name = "household"\n'
+        "retries = 1\nbackoff = 0.05\ntimeout = 5.0\n"
+        '[algo]\nname = "grpo"\nsessions_per_query = 2\n'
+        "[generation]\nmax_new_tokens = 8\n"
+        "[train]\nsteps = 3\nqueries_per_step = 2\nsamples_every = 0\n"
+    )
+    run = tmp_path / "run"
+    proc = icrl("train", "--preset", str(preset), "--output-dir", str(run))
+    metrics = run / "metrics.jsonl"
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline + 240
+        time.sleep(0.05)
+    server.kill()
+    server.communicate()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[0]["env/failed_episodes"] == 0 and 1 <= rows[0]["env/turns_mean"] <= 2
+    # The server died during step 2 (some of its episodes may have finished first); every
+    # episode of step 3 failed, and a step with nothing left to train on is skipped.
+    assert rows[2]["env/failed_episodes"] == 4 and rows[2]["env/stop_failed"] == 1.0
+    failed = [r["env/failed_episodes"] for r in rows]
+    assert rows[-1]["env/failed_episodes_total"] == sum(failed) >= 4
+    assert rows[-1]["train/skipped_steps"] == (failed[1] == 4) + 1
+    assert (run / "final" / "config.json").is_file()
 
 
 def test_a_non_finite_loss_skips_the_step_and_keeps_the_weights(tiny_dir):

@@ -58,17 +58,30 @@ class HouseholdEnvironment:
     """ALFWorld's six task types in procedurally generated kitchens, bathrooms, bedrooms and
     living rooms. ``seed`` fixes the splits; ``max_steps`` caps an episode; ``version`` is
     "0.3.3" (``put O in/on R``) or "0.5" (``move O to R``); ``arrival`` keeps the
-    "You arrive at …" prefix of "go to" feedback that the original AgentGym server strips."""
+    "You arrive at …" prefix of "go to" feedback that the original AgentGym server strips;
+    ``task_types`` keeps only tasks of those types (ids keep their place in the full split)."""
 
     name = "household"
     multi_turn = True
 
     def __init__(
-        self, seed: int = 0, max_steps: int = 50, version: str = "0.3.3", arrival: bool = False
+        self,
+        seed: int = 0,
+        max_steps: int = 50,
+        version: str = "0.3.3",
+        arrival: bool = False,
+        task_types: list[str] | None = None,
     ):
         if version not in ("0.3.3", "0.5"):
             raise EnvError(f"household version must be '0.3.3' or '0.5', not '{version}'")
+        unknown = sorted(set(task_types or ()) - set(TASK_TYPES))
+        if unknown:
+            raise EnvError(
+                f"unknown household task type(s) {', '.join(unknown)}; "
+                f"choose from: {', '.join(TASK_TYPES)}"
+            )
         self.seed, self.max_steps, self.version, self.arrival = seed, max_steps, version, arrival
+        self.task_types = list(task_types) if task_types else None
         self._cache: dict[str, list[Task]] = {}
 
     def splits(self) -> list[str]:
@@ -79,7 +92,9 @@ class HouseholdEnvironment:
             raise EnvError(f"unknown split '{split}'; valid splits: {', '.join(SPLITS)}")
         if split not in self._cache:
             self._cache[split] = [
-                self._task(split, i, spec) for i, spec in enumerate(build_splits(self.seed)[split])
+                self._task(split, i, spec)
+                for i, spec in enumerate(build_splits(self.seed)[split])
+                if self.task_types is None or spec.task_type in self.task_types
             ]
         return self._cache[split]
 

@@ -123,6 +123,15 @@ def critique(world: World, goal: Goal, actions: list[str], max_steps: int) -> st
     for raw in actions[:max_steps]:
         action = raw.strip()
         if action not in world.commands():
+            words = action.split()
+            if (
+                action.startswith("take ")
+                and " from " in action
+                and words[1] == goal.obj
+                and world.held is None
+            ):
+                place = action.split(" from ", 1)[1]
+                return f"There is no {goal.obj} at the {place}; {_where(world, goal.obj)}."
             return f'"{action}" was not an admissible command then, so nothing happened.'
         if action.startswith("take "):
             name = action[len("take ") :].split(" from ")[0]
@@ -221,7 +230,26 @@ def flawed_steps(world: World, goal: Goal, rng: random.Random) -> list[Step]:
     )
     if goal.task_type != "look_at_obj_in_light" and others:
         flaws.append("wrong_receptacle")
+    empty = sorted(
+        (
+            r
+            for r in snapshot.receptacles.values()
+            if goal.obj in CAN_CONTAIN[r.kind]
+            and not any(t.kind == goal.obj for t in snapshot.contents(r))
+        ),
+        key=_key,
+    )
+    if empty:
+        flaws.append("wrong_place")
     flaw = rng.choice(flaws)
+    if flaw == "wrong_place":
+        # Looking for the object where there is none, and trying to take it anyway.
+        place = rng.choice(empty)
+        wrong = [(f"I need a {goal.obj}. I try the {place.name}.", f"go to {place.name}")]
+        if place.openable:
+            wrong.append((f"The {place.name} is closed, so I open it.", f"open {place.name}"))
+        wrong.append((f"I take the {goal.obj}.", f"take {goal.obj} 1 from {place.name}"))
+        return wrong
     if flaw == "truncate":
         return steps[: rng.randrange(1, len(steps))]
     if flaw == "invalid":

@@ -35,6 +35,7 @@ class Prompts:
     critique_tag: str = "critic"
     rule_correct: str = "Your answer is correct."
     rule_incorrect: str = "Your answer is incorrect; the answer is {answer}."
+    rule_failed: str = "Your attempt did not complete the task."
 
     @classmethod
     def resolve(cls, overrides: dict[str, str | None], model_dir: str | None = None) -> Prompts:
@@ -82,8 +83,13 @@ def parse_critique(text: str, tag: str) -> str:
 
 
 def rule_critique(task: Task, success: bool, prompts: Prompts) -> str:
-    template = prompts.rule_correct if success else prompts.rule_incorrect
-    return template.format(answer=task.answer)
+    """The rule critic: right or wrong, with the gold answer when the task has one (an agentic
+    task has none, and hears only that it failed)."""
+    if success:
+        return prompts.rule_correct.format(answer=task.answer)
+    if task.answer is None:
+        return prompts.rule_failed
+    return prompts.rule_incorrect.format(answer=task.answer)
 
 
 def encode_prompt(

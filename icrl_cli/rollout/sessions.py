@@ -9,13 +9,14 @@ behavior context (they differ only for revisions).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from transformers import PreTrainedTokenizerBase
 
-from environments import Environment, Task
+from environments import Environment, Task, opening
 from icrl_cli.generation import GenerationBackend
+from icrl_cli.rollout.episodes import TurnLimits, play, start_all, trajectory_summary
 from icrl_cli.rollout.prompts import (
     Prompts,
     critic_messages,
@@ -39,6 +40,29 @@ class SessionSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     enable_thinking: bool = False
+    # Multi-turn environments only.
+    max_turns: int = 30
+    repeat_limit: int = 3
+    context_tokens: int = 4096
+    summary_observation_chars: int = 300
+
+    def turn_limits(self) -> TurnLimits:
+        return TurnLimits(
+            max_new_tokens=self.max_new_tokens,
+            max_turns=self.max_turns,
+            repeat_limit=self.repeat_limit,
+            context_tokens=self.context_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            enable_thinking=self.enable_thinking,
+        )
+
+
+def attempt_summary(env: Environment, task: Task, attempt: Sample) -> str:
+    """The attempt as the critic reads it: a multi-turn episode's trajectory summary, or the
+    environment's rendering of a single response."""
+    summary = attempt.metadata.get("summary")
+    return summary if summary is not None else env.render_attempt(task, attempt.text)
 
 
 class Critic(Protocol):
@@ -73,7 +97,7 @@ class ModelCritic:
         prompts = [
             encode_prompt(
                 self.tokenizer,
-                critic_messages(task, env.render_attempt(task, s.text), s.reward, self.prompts),
+                critic_messages(task, attempt_summary(env, task, s), s.reward, self.prompts),
                 self.settings.enable_thinking,
             )
             for task, s in attempts
@@ -123,23 +147,22 @@ class RuleCritic:
 
 @dataclass
 class _Session:
-    task: Task
+    task: Task  # for a multi-turn task, its prompt is the episode's opening once started
     index: int
     last: Sample | None = None
     critique: str | None = None
     pending_critic: Sample | None = None
 
 
-def _solver_round(
-    backend: GenerationBackend,
+def _solver_prompts(
     tokenizer: PreTrainedTokenizerBase,
     env: Environment,
     sessions: list[_Session],
-    round_: int,
     settings: SessionSettings,
     prompts: Prompts,
-) -> list[Sample]:
-    """One attempt per session, sampled under its behavior prompt, trained under the plain one."""
+) -> tuple[dict[str, list[int]], list[list[int]]]:
+    """The critique-free prompt of each task (the training context) and each session's
+    behavior prompt (with its critique, if it has one)."""
     free: dict[str, list[int]] = {}
     behavior = []
     for s in sessions:
@@ -151,6 +174,20 @@ def _solver_round(
         else:
             messages = solver_messages(env, s.task, prompts, critique=s.critique)
             behavior.append(encode_prompt(tokenizer, messages, settings.enable_thinking))
+    return free, behavior
+
+
+def _single_step_round(
+    backend: GenerationBackend,
+    tokenizer: PreTrainedTokenizerBase,
+    env: Environment,
+    sessions: list[_Session],
+    round_: int,
+    settings: SessionSettings,
+    prompts: Prompts,
+) -> list[Sample]:
+    """One attempt per session, sampled under its behavior prompt, trained under the plain one."""
+    free, behavior = _solver_prompts(tokenizer, env, sessions, settings, prompts)
     outputs = backend.generate(
         behavior, settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p
     )
@@ -183,6 +220,69 @@ def _solver_round(
     return samples
 
 
+def _multi_turn_round(
+    backend: GenerationBackend,
+    tokenizer: PreTrainedTokenizerBase,
+    env: Environment,
+    sessions: list[_Session],
+    round_: int,
+    settings: SessionSettings,
+    prompts: Prompts,
+) -> list[Sample]:
+    """One episode per session, played turn by turn; the sample's response is the whole episode
+    (observations masked out), trained after the critique-free prompt."""
+    started = start_all(env.start, [s.task for s in sessions])
+    for s, (episode, _) in zip(sessions, started, strict=True):
+        if episode is not None and round_ == 1:
+            # The opening (look text and task) is only known once an episode has started.
+            s.task = replace(s.task, prompt=opening(s.task, episode))
+    free, behavior = _solver_prompts(tokenizer, env, sessions, settings, prompts)
+    rollouts = play(backend, tokenizer, [e for e, _ in started], behavior, settings.turn_limits())
+    samples = []
+    for s, context, rollout, (_, error) in zip(sessions, behavior, rollouts, started, strict=True):
+        rollout.error = error or rollout.error
+        summary = trajectory_summary(rollout.turns, settings.summary_observation_chars)
+        samples.append(
+            Sample(
+                query_id=s.task.id,
+                session=s.index,
+                round=round_,
+                role="solver",
+                prompt_ids=free[s.task.id],
+                behavior_prompt_ids=context,
+                response_ids=rollout.response_ids,
+                loss_mask=rollout.loss_mask,
+                behavior_logprobs=rollout.logprobs,
+                reward=rollout.reward,
+                text=tokenizer.decode(rollout.response_ids, skip_special_tokens=True),
+                finish_reason=rollout.finish_reason,
+                metadata={
+                    "task": s.task.prompt,
+                    "critique": s.critique,
+                    "previous_reward": s.last.reward if s.last else None,
+                    "summary": summary,
+                    **rollout.metadata(),
+                },
+                # An episode lost to its environment says nothing about the policy.
+                trainable=not rollout.failed,
+            )
+        )
+    return samples
+
+
+def _solver_round(
+    backend: GenerationBackend,
+    tokenizer: PreTrainedTokenizerBase,
+    env: Environment,
+    sessions: list[_Session],
+    round_: int,
+    settings: SessionSettings,
+    prompts: Prompts,
+) -> list[Sample]:
+    play_round = _multi_turn_round if env.multi_turn else _single_step_round
+    return play_round(backend, tokenizer, env, sessions, round_, settings, prompts)
+
+
 def run_sessions(
     backend: GenerationBackend,
     tokenizer: PreTrainedTokenizerBase,
@@ -204,11 +304,18 @@ def run_sessions(
                 session.pending_critic.reward = critic_reward(
                     session.last.reward, attempt.reward, settings.critic_reward
                 )
+                if is_failed(attempt):  # the critique's effect was never measured
+                    session.pending_critic.trainable = False
+                    session.pending_critic.metadata["unmeasured"] = True
             session.last = attempt
             samples.append(attempt)
         if round_ == rounds or critic is None:
             break
-        active = [s for s in active if settings.gate == "ungated" or not s.last.success]
+        active = [
+            s
+            for s in active
+            if not is_failed(s.last) and (settings.gate == "ungated" or not s.last.success)
+        ]
         if not active:
             break
         critiques = critic.critique(env, [(s.task, s.last) for s in active])
@@ -219,12 +326,17 @@ def run_sessions(
     return samples
 
 
+def is_failed(sample: Sample) -> bool:
+    """An episode its environment lost (e.g. a dead server): out of training and of metrics."""
+    return sample.metadata.get("stop") == "failed"
+
+
 def swap_in_best_refinements(samples: list[Sample]) -> list[Sample]:
     """Critique-GRPO's group: per query, the best revision replaces the attempt it refined and
     the other revisions are dropped, so the group keeps G solver samples."""
     best: dict[str, Sample] = {}
     for s in samples:
-        if s.role == "solver" and s.round > 1:
+        if s.role == "solver" and s.round > 1 and not is_failed(s):
             if s.query_id not in best or s.reward > best[s.query_id].reward:
                 best[s.query_id] = s
     kept = []
@@ -246,8 +358,9 @@ def _mean(values: list[float]) -> float | None:
 def session_metrics(samples: list[Sample], gate: str) -> dict[str, float | int | None]:
     """What the sessions of one step did: success before and after critique, the critic's
     reward and length, and how revisions changed outcomes (None where nothing was measured)."""
-    solver = [s for s in samples if s.role == "solver"]
-    critic = [s for s in samples if s.role == "critic"]
+    failed = [s for s in samples if is_failed(s)]
+    solver = [s for s in samples if s.role == "solver" and not is_failed(s)]
+    critic = [s for s in samples if s.role == "critic" and not s.metadata.get("unmeasured")]
     final: dict[tuple[str, int], Sample] = {}
     for s in solver:
         key = (s.query_id, s.session)
@@ -266,4 +379,18 @@ def session_metrics(samples: list[Sample], gate: str) -> dict[str, float | int |
         "sessions/revisions": len(revisions),
         "sessions/fix_rate": _mean(after_failure),
         "sessions/break_rate": _mean(after_success) if gate == "ungated" else None,
+        "env/failed_episodes": len(failed),
     }
+
+
+def episode_metrics(samples: list[Sample]) -> dict[str, float | None]:
+    """Turn counts and how multi-turn episodes ended (fractions of the episodes played)."""
+    episodes = [s for s in samples if s.role == "solver" and "stop" in s.metadata]
+    if not episodes:
+        return {}
+    record: dict[str, float | None] = {
+        "env/turns_mean": _mean([s.metadata["turns"] for s in episodes]),
+    }
+    for stop in ("done", "turns", "repeat", "context", "failed"):
+        record[f"env/stop_{stop}"] = _mean([s.metadata["stop"] == stop for s in episodes])
+    return record

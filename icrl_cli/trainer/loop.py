@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 import environments
 from environments import Environment, Task
 from environments.math import grading
-from icrl_cli.config import ConfigError, RunConfig, to_toml
+from icrl_cli.config import RunConfig, to_toml
 from icrl_cli.generation.hf import HFBackend
 from icrl_cli.models import load_model, resolve_model_name
 from icrl_cli.rollout.prompts import PROMPTS_FILE, Prompts
@@ -36,11 +36,13 @@ from icrl_cli.rollout.sessions import (
     ModelCritic,
     RuleCritic,
     SessionSettings,
+    episode_metrics,
     run_sessions,
     session_metrics,
     swap_in_best_refinements,
 )
 from icrl_cli.trainer.policy import (
+    UpdateStats,
     assign_advantages,
     policy_update,
     recompute_behavior_logprobs,
@@ -93,7 +95,9 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def session_settings(config: RunConfig) -> SessionSettings:
+def session_settings(config: RunConfig, max_positions: int | None = None) -> SessionSettings:
+    """The rollout settings of ``config``; the context budget defaults to ``max_positions``
+    (the model's)."""
     algo, gen = config.algo, config.generation
     return SessionSettings(
         sessions_per_query=algo.sessions_per_query,
@@ -105,6 +109,10 @@ def session_settings(config: RunConfig) -> SessionSettings:
         temperature=gen.temperature,
         top_p=gen.top_p,
         enable_thinking=config.model.enable_thinking,
+        max_turns=config.env.max_turns,
+        repeat_limit=config.env.repeat_limit,
+        context_tokens=gen.context_tokens or max_positions or 4096,
+        summary_observation_chars=config.env.summary_observation_chars,
     )
 
 
@@ -243,6 +251,15 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 # The loop
 
 
+def progress_info(record: dict[str, Any], skipped_steps: int, failed_episodes: int) -> str:
+    reward = record["solver/reward_mean"]
+    text = f"reward {reward:.3f}" if reward is not None else "reward -"
+    text += f"  skipped {skipped_steps}"
+    if failed_episodes:
+        text += f"  failed episodes {failed_episodes}"
+    return text
+
+
 def default_run_dir(config: RunConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{config.preset or config.env.name}-{config.algo.name}-{stamp}"
@@ -259,11 +276,6 @@ def train(
     """Run (or continue) training into ``run_dir``; returns the path of ``final/``."""
     console = console or Console(stderr=True)
     env = make_environment(config.env.name, config.env.data, config.env.options)
-    if env.multi_turn:
-        raise ConfigError(
-            f"environment '{config.env.name}' is multi-turn; multi-turn sessions are not built "
-            "yet (single-step environments: math)"
-        )
     train_tasks = list(env.tasks(config.env.train_split))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(config))
@@ -291,9 +303,9 @@ def train(
     sampler = QuerySampler(train_tasks, config.train.seed)
     backend = HFBackend(model, tokenizer, config.generation.batch_size)
     prompts = Prompts.resolve(config.prompts.model_dump(), resolve_model_name(config.model.name))
-    settings = session_settings(config)
+    settings = session_settings(config, getattr(model.config, "max_position_embeddings", None))
     critic = build_critic(config, backend, tokenizer, prompts, settings)
-    start_step, skipped_steps = 0, 0
+    start_step, skipped_steps, failed_episodes = 0, 0, 0
     metrics_path = run_dir / "metrics.jsonl"
     if checkpoints:
         ckpt = checkpoints[-1]
@@ -306,6 +318,7 @@ def train(
             torch.cuda.set_rng_state_all(rng["cuda"])
         sampler.restore(state["sampler"])
         start_step, skipped_steps = state["step"], state["skipped_steps"]
+        failed_episodes = state.get("failed_episodes", 0)
         truncate_metrics(metrics_path, start_step)
         console.print(f"resuming from {ckpt} (step {start_step})")
     elif resume:
@@ -337,16 +350,23 @@ def train(
                 recompute_behavior_logprobs(
                     model, batch, tokenizer.pad_token_id, config.train.micro_batch_size
                 )
-            stats = policy_update(
-                model, ref_model, optimizer, batch, config, tokenizer.pad_token_id
-            )
-            backend.sync_weights()
+            if batch:
+                stats = policy_update(
+                    model, ref_model, optimizer, batch, config, tokenizer.pad_token_id
+                )
+                backend.sync_weights()
+            else:  # every episode of the step was lost to its environment
+                stats = UpdateStats.skipped_step()
             update_time = time.perf_counter() - started
             skipped_steps += stats.skipped
+            sessions = session_metrics(samples, settings.gate)
+            failed_episodes += sessions["env/failed_episodes"]
             response_tokens = sum(len(s.response_ids) for s in samples)
             record = {
                 "step": step,
-                **session_metrics(samples, settings.gate),
+                **sessions,
+                "env/failed_episodes_total": failed_episodes,
+                **episode_metrics(samples),
                 "solver/frac_reward_zero_std": zero_std_fraction(
                     [s for s in batch if s.role == "solver"]
                 ),
@@ -382,13 +402,17 @@ def train(
                     tokenizer,
                     prompts,
                     optimizer,
-                    {"skipped_steps": skipped_steps, "sampler": sampler.state()},
+                    {
+                        "skipped_steps": skipped_steps,
+                        "failed_episodes": failed_episodes,
+                        "sampler": sampler.state(),
+                    },
                     config.train.keep_checkpoints,
                 )
             progress.update(
                 bar,
                 advance=1,
-                info=f"reward {record['solver/reward_mean']:.3f}  skipped {skipped_steps}",
+                info=progress_info(record, skipped_steps, failed_episodes),
             )
     return write_atomically(
         run_dir / "final",

@@ -124,6 +124,11 @@ class UpdateStats:
     w_clip_frac: float | None
     skipped: bool
 
+    @classmethod
+    def skipped_step(cls) -> UpdateStats:
+        """A step with nothing to train on: no update, zero losses."""
+        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, skipped=True)
+
 
 def policy_update(
     model: PreTrainedModel,

@@ -1,0 +1,249 @@
+"""Multi-turn sessions: the token layout of an episode, how it stops, failed episodes, and the
+critic's view of a trajectory."""
+
+import pytest
+
+import environments
+from environments import EpisodeFailed, StepResult, Task, react_action
+from icrl_cli.generation import Generation
+from icrl_cli.rollout.episodes import TurnLimits, observation_ids, play, trajectory_summary
+from icrl_cli.rollout.prompts import Prompts, encode_prompt, solver_messages
+from icrl_cli.rollout.sessions import (
+    RuleCritic,
+    SessionSettings,
+    episode_metrics,
+    run_sessions,
+    session_metrics,
+)
+from icrl_cli.tiny import TINY_PROMPTS, build_tokenizer
+
+PROMPTS = Prompts(**TINY_PROMPTS)
+# Qwen3's habit that matters here: the assistant turn after the last user message is rendered
+# with an (empty) thinking block, earlier assistant turns without one.
+QWEN_LIKE = (
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'assistant' and loop.last -%}"
+    "{{ '<|assistant|>\\n<think>\\n\\n</think>\\n\\n' + m['content'] + '<|end|>\\n' }}"
+    "{%- else -%}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|assistant|>\\n' }}"
+    "{%- if enable_thinking is defined and not enable_thinking -%}"
+    "{{ '<think>\\n\\n</think>\\n\\n' }}{%- endif -%}{%- endif -%}"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
+
+
+class Scripted:
+    """Replies with the next text of ``replies`` per prompt (log-prob −0.5 a token); a reply
+    ending in '~' stops at the token budget instead of at EOS."""
+
+    def __init__(self, tokenizer, reply):
+        self.tokenizer, self.reply, self.calls = tokenizer, reply, []
+
+    def generate(self, prompts, max_new_tokens, temperature=1.0, top_p=1.0):
+        self.calls.append(list(prompts))
+        outputs = []
+        for prompt in prompts:
+            text = self.reply(self.tokenizer.decode(prompt))
+            ids = self.tokenizer.encode(text.rstrip("~"), add_special_tokens=False)
+            if text.endswith("~"):
+                outputs.append(Generation(ids, [-0.5] * len(ids), "length"))
+            else:
+                ids.append(self.tokenizer.eos_token_id)
+                outputs.append(Generation(ids, [-0.5] * len(ids), "stop"))
+        return outputs
+
+    def sync_weights(self):
+        return None
+
+
+class Counter:
+    """An episode that is won by the action 'win', says 'obs N' otherwise, and can be told to
+    fail at a given step."""
+
+    def __init__(self, fail_at=None):
+        self.steps, self.fail_at, self.actions = 0, fail_at, []
+
+    def initial_observation(self):
+        return "room"
+
+    def step(self, action):
+        self.steps += 1
+        if self.steps == self.fail_at:
+            raise EpisodeFailed("server http://127.0.0.1:1 died")
+        self.actions.append(action)
+        won = react_action(action) == "win"
+        return StepResult(f"obs {self.steps}", float(won), won)
+
+
+def limits(**overrides):
+    return TurnLimits(**{"max_new_tokens": 16, "context_tokens": 10_000, **overrides})
+
+
+def test_react_action_takes_the_first_line_after_the_last_action():
+    assert react_action("Thought: go. Action: go to sofa 1") == "go to sofa 1"
+    assert react_action("Action: a Thought: b Action:  take x 1 from y 2 \nmore") == (
+        "take x 1 from y 2"
+    )
+    assert react_action("  look \n") == "look"
+
+
+def test_observation_tokens_continue_the_chat_template_after_the_assistant_turn(tokenizer):
+    after_eos = tokenizer.decode(observation_ids(tokenizer, "On the sofa 1, you see nothing."))
+    assert after_eos == "<|user|>On the sofa 1, you see nothing.<|end|><|assistant|>"
+    cut = tokenizer.decode(observation_ids(tokenizer, "x", after_eos=False))
+    assert cut == "<|end|><|user|>x<|end|><|assistant|>"
+
+
+def test_observation_tokens_under_a_template_that_renders_the_last_turn_differently(tokenizer):
+    qwen = build_tokenizer()
+    qwen.chat_template = QWEN_LIKE
+    text = qwen.decode(observation_ids(qwen, "obs", enable_thinking=False))
+    # Not the "<think>" block of a last assistant turn: the continuation of a middle one.
+    assert text == "\n<|user|>\nobs<|end|>\n<|assistant|>\n<think>\n\n</think>\n\n"
+
+
+def test_an_episode_is_one_response_with_observations_masked(tokenizer):
+    replies = iter(["Action: a", "Action: win"])
+    backend = Scripted(tokenizer, lambda _: next(replies))
+    prompt = encode_prompt(tokenizer, [{"role": "user", "content": "go"}])
+    (rollout,) = play(backend, tokenizer, [Counter()], [prompt], limits())
+    turn1 = tokenizer.encode("Action: a") + [tokenizer.eos_token_id]
+    obs = tokenizer.encode("<|user|>obs 1<|end|><|assistant|>")
+    turn2 = tokenizer.encode("Action: win") + [tokenizer.eos_token_id]
+    assert rollout.response_ids == turn1 + obs + turn2
+    assert rollout.loss_mask == [1] * len(turn1) + [0] * len(obs) + [1] * len(turn2)
+    assert rollout.logprobs == [-0.5] * len(turn1) + [0.0] * len(obs) + [-0.5] * len(turn2)
+    assert (rollout.reward, rollout.stop, rollout.turns) == (
+        1.0,
+        "done",
+        [("a", "obs 1"), ("win", "obs 2")],
+    )
+    # The second turn was generated after exactly the tokens the sample trains on.
+    assert backend.calls[1] == [prompt + turn1 + obs]
+
+
+def test_a_turn_cut_at_the_token_budget_gets_the_end_of_turn_as_an_observation_token(tokenizer):
+    replies = iter(["Action: a~", "Action: win"])
+    backend = Scripted(tokenizer, lambda _: next(replies))
+    (rollout,) = play(backend, tokenizer, [Counter()], [[1]], limits())
+    cut = tokenizer.encode("Action: a")
+    assert rollout.response_ids[len(cut)] == tokenizer.eos_token_id
+    assert rollout.loss_mask[len(cut)] == 0
+
+
+def test_episodes_stop_on_turns_repeats_and_the_context_budget(tokenizer):
+    prompt = [1] * 10
+    backend = Scripted(tokenizer, lambda _: "Action: a")
+    by_turns, by_repeat = (
+        play(
+            backend,
+            tokenizer,
+            [Counter(), Counter()],
+            [prompt, prompt],
+            limits(max_turns=2),
+        ),
+        play(backend, tokenizer, [Counter()], [prompt], limits(repeat_limit=3)),
+    )
+    assert [(r.stop, len(r.turns)) for r in by_turns] == [("turns", 2), ("turns", 2)]
+    assert (by_repeat[0].stop, len(by_repeat[0].turns)) == ("repeat", 3)
+    # A turn is 9 tokens + EOS and its observation 8 ("<|user|>obs 1<|end|><|assistant|>"):
+    # a second turn of up to 16 tokens needs 10 + 18 + 16 = 44, a third 10 + 36 + 16 = 62.
+    (by_context,) = play(backend, tokenizer, [Counter()], [prompt], limits(context_tokens=43))
+    assert (by_context.stop, len(by_context.turns)) == ("context", 1)
+    (fits,) = play(backend, tokenizer, [Counter()], [prompt], limits(context_tokens=44))
+    assert (fits.stop, len(fits.turns), len(prompt) + len(fits.response_ids)) == ("context", 2, 46)
+
+
+def test_a_failed_episode_is_marked_and_its_reward_is_zero(tokenizer):
+    backend = Scripted(tokenizer, lambda _: "Action: a")
+    failing, fine = Counter(fail_at=2), Counter()
+    rollouts = play(
+        backend, tokenizer, [failing, fine, None], [[1]] * 3, limits(max_turns=3, repeat_limit=4)
+    )
+    assert [r.stop for r in rollouts] == ["failed", "turns", "failed"]
+    assert "died" in rollouts[0].error and len(rollouts[0].turns) == 1
+    assert len(fine.actions) == 3  # the other episode played on
+
+
+def test_trajectory_summary_truncates_observations():
+    summary = trajectory_summary([("go to sofa 1", "x" * 50), ("look", "short")], 10)
+    assert summary == "> go to sofa 1\nxxxxxxxxxx …\n> look\nshort"
+
+
+class Household:
+    """Plays the household expert's actions for the task in each prompt, or stops short (one
+    action then a repeat) when ``fumble`` says so."""
+
+    def __init__(self, env, fumble):
+        self.env, self.fumble = env, fumble
+        self.plans = {
+            t.prompt: env.expert_actions(t) for split in ("train",) for t in env.tasks(split)[:4]
+        }
+
+    def __call__(self, text):
+        user = text.split("<|user|>")[1].split("<|end|>")[0]
+        task = user.split("|")[0]
+        turns = text.count("<|assistant|>") - 1
+        actions = self.plans[task]
+        if self.fumble(user) and turns >= 1:
+            return "Thought: hm Action: look"
+        return f"Thought: next Action: {actions[min(turns, len(actions) - 1)]}"
+
+
+def test_household_sessions_with_critique_train_revisions_on_the_critique_free_prompt(tokenizer):
+    env = environments.make("household")
+    tasks = env.tasks("train")[:2]
+    # First attempts fumble; given the rule critique ('|' in the prompt) the solver succeeds.
+    backend = Scripted(tokenizer, Household(env, fumble=lambda user: "|" not in user))
+    settings = SessionSettings(
+        sessions_per_query=2, max_rounds=2, max_new_tokens=64, context_tokens=100_000
+    )
+    samples = run_sessions(backend, tokenizer, env, tasks, settings, PROMPTS, RuleCritic(PROMPTS))
+    first = [s for s in samples if s.round == 1]
+    revisions = [s for s in samples if s.round == 2]
+    assert [s.reward for s in first] == [0.0] * 4 and [s.reward for s in revisions] == [1.0] * 4
+    assert {s.metadata["stop"] for s in first} == {"repeat"}
+    for s in revisions:
+        task = next(t for t in tasks if t.id == s.query_id)
+        free = encode_prompt(tokenizer, solver_messages(env, task, PROMPTS))
+        assert s.prompt_ids == free and s.behavior_prompt_ids != free
+        assert s.metadata["critique"] == PROMPTS.rule_failed
+        assert s.metadata["turns"] == len(env.expert_actions(task))
+    metrics = session_metrics(samples, "oracle")
+    assert (metrics["solver/success_round1"], metrics["solver/success_final"]) == (0.0, 1.0)
+    assert metrics["env/failed_episodes"] == 0
+    assert episode_metrics(samples)["env/stop_repeat"] == 0.5
+
+
+def test_a_failed_episode_is_counted_and_kept_out_of_training(tokenizer):
+    class Flaky:
+        """The household world, with the second session of every task losing its server."""
+
+        name, multi_turn = "flaky", True
+
+        def __init__(self):
+            self.inner, self.started = environments.make("household"), {}
+
+        def __getattr__(self, attr):
+            return getattr(self.inner, attr)
+
+        def start(self, task: Task):
+            self.started[task.id] = self.started.get(task.id, 0) + 1
+            if self.started[task.id] == 2:
+                raise EpisodeFailed("connection refused")
+            return self.inner.start(task)
+
+    env = Flaky()
+    tasks = env.inner.tasks("train")[:2]
+    backend = Scripted(tokenizer, Household(env.inner, fumble=lambda user: False))
+    settings = SessionSettings(sessions_per_query=2, max_new_tokens=64, context_tokens=100_000)
+    samples = run_sessions(backend, tokenizer, env, tasks, settings, PROMPTS)
+    assert [s.trainable for s in samples] == [True, False, True, False]
+    assert samples[1].metadata["error"] == "connection refused"
+    metrics = session_metrics(samples, "oracle")
+    assert metrics["env/failed_episodes"] == 2 and metrics["solver/success_round1"] == 1.0
