@@ -103,10 +103,14 @@ def train(
         run_dir = output_dir or (
             Path(config.train.output_dir) if config.train.output_dir else default_run_dir(config)
         )
+    from icrl_cli.trainer.loop import make_environment
+    from icrl_cli.trainer.loop import train as run_training
+
     if dry_run:
+        # The environment is built (options checked, splits known) but never contacted.
+        make_environment(config.env.name, config.env.data, config.env.options)
         print_plan(config, run_dir)
         return
-    from icrl_cli.trainer.loop import train as run_training
 
     final = run_training(config, run_dir, resume=resume is not None, console=errors)
     console.print(f"done: {final}")

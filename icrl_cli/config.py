@@ -77,7 +77,7 @@ class EnvConfig(Section):
         "are the same command.",
     )
     summary_observation_chars: int = Field(
-        300,
+        800,
         ge=0,
         description="Multi-turn environments: each observation in the critic's trajectory "
         "summary is cut to this many characters.",

@@ -134,3 +134,14 @@ def test_env_serve_answers_health_on_loopback_and_rejects_unknown_names():
         proc.wait(timeout=30)
     result = runner.invoke(app, ["env", "serve", "nope"])
     assert result.exit_code == 2 and "unknown environment 'nope'" in result.output
+
+
+def test_the_alfworld_preset_validates_its_servers_without_contacting_them():
+    result = runner.invoke(app, ["train", "--preset", "qwen3-8b-alfworld", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "Qwen/Qwen3-8B" in result.output and "agentgym" in result.output
+    assert 'urls = "http://127.0.0.1:36001-36032"' in result.output
+    bad = ["--set", "env.options.urls=http://127.0.0.1:36032-36001"]
+    result = runner.invoke(app, ["train", "--preset", "qwen3-8b-alfworld", "--dry-run", *bad])
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1
