@@ -31,11 +31,12 @@ class ModelLoadError(ValueError):
 
 
 def resolve_model_name(name: str) -> str:
-    """'tiny' → the cached tiny model directory; 'Qwen3-4B' → 'Qwen/Qwen3-4B'; paths stay paths."""
-    if name == "tiny":
+    """'tiny' or 'tiny-household' → the embedded model's cached directory; 'Qwen3-4B' →
+    'Qwen/Qwen3-4B'; paths stay paths."""
+    if name in ("tiny", "tiny-household"):
         from icrl_cli.tiny import tiny_model_dir
 
-        return str(tiny_model_dir())
+        return str(tiny_model_dir(name))
     if Path(name).expanduser().exists():
         return str(Path(name).expanduser())
     if name.startswith((".", "/", "~")) or name.endswith(os.sep):

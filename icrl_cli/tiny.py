@@ -15,6 +15,7 @@ import random
 import shutil
 import string
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -82,6 +83,11 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()
+    return wrap_tokenizer(backend)
+
+
+def wrap_tokenizer(backend: Tokenizer) -> PreTrainedTokenizerFast:
+    """A transformers tokenizer around ``backend``, with the chat tokens and template."""
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token="<|pad|>",
@@ -93,7 +99,9 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen3ForCausalLM:
+def build_model(
+    tokenizer: PreTrainedTokenizerFast, seed: int = 0, max_positions: int = 1024
+) -> Qwen3ForCausalLM:
     """4 layers, 256 wide, grouped-query attention: about 3 million parameters."""
     config = Qwen3Config(
         vocab_size=len(tokenizer),
@@ -103,7 +111,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen3ForCa
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=64,
-        max_position_embeddings=1024,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -113,10 +121,14 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen3ForCa
     return Qwen3ForCausalLM(config)
 
 
+Pair = tuple[list[int], list[int]]  # (prompt ids, target ids)
+
+
 def sft_batch(
-    tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[list[int], list[int]]]
+    tokenizer: PreTrainedTokenizerFast, pairs: list[Pair], masks: list[list[int]] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Right-padded (prompt + target) rows; the loss only sees the target tokens."""
+    """Right-padded (prompt + target) rows; the loss only sees the target tokens (and of those,
+    with ``masks``, only the ones marked 1: a multi-turn target's observations are not)."""
     width = max(len(p) + len(t) for p, t in pairs)
     input_ids = torch.full((len(pairs), width), tokenizer.pad_token_id, dtype=torch.long)
     labels = torch.full((len(pairs), width), -100, dtype=torch.long)
@@ -124,7 +136,10 @@ def sft_batch(
     for row, (prompt, target) in enumerate(pairs):
         n = len(prompt) + len(target)
         input_ids[row, :n] = torch.tensor(prompt + target)
-        labels[row, len(prompt) : n] = torch.tensor(target)
+        kept = target
+        if masks is not None:
+            kept = [t if m else -100 for t, m in zip(target, masks[row], strict=True)]
+        labels[row, len(prompt) : n] = torch.tensor(kept)
         attention[row, :n] = 1
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
@@ -136,11 +151,13 @@ def measure_sessions(
     tasks: list[Task],
     prompts: Prompts,
     max_rounds: int = 1,
+    settings: SessionSettings | None = None,
 ) -> dict[str, float | int | None]:
     """Session metrics of one oracle-gated session per task, sampled at temperature 1 with the
-    model as its own critic: success_round1 is critique-free, success_final after critique."""
+    model as its own critic: success_round1 is critique-free, success_final after critique.
+    ``settings`` replaces the defaults (math's token budgets, ``max_rounds``)."""
     backend = HFBackend(model, tokenizer)
-    settings = SessionSettings(
+    settings = settings or SessionSettings(
         sessions_per_query=1,
         max_rounds=max_rounds,
         max_new_tokens=MAX_NEW_TOKENS,
@@ -188,52 +205,84 @@ def demonstrations(
     return pairs
 
 
-def warm_start(
+Measure = Callable[[], dict[str, float | int | None]]
+
+
+def supervise(
     model: Qwen3ForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
-    env: Environment,
-    prompts: Prompts,
+    pairs: dict[str, list[Pair]],
+    measure: Measure,
+    accept: Callable[[dict[str, float | int | None]], bool],
+    rng: random.Random,
     seed: int = 0,
+    masks: dict[str, list[list[int]]] | None = None,
     batch_size: int = 64,
     lr: float = 2e-3,
     check_every: int = 25,
+    first_check: int | None = None,
     max_steps: int = 2000,
+    keep_last: bool = False,
 ) -> tuple[int, dict[str, float | int | None]]:
-    """Supervised steps on all three roles until held-out critique-free success reaches
-    TARGET_SUCCESS. Returns the steps taken and the session metrics on the held-out tasks
-    (which never appear in the supervised data; the test split is never looked at)."""
-    tasks = list(env.tasks("train"))
-    rng = random.Random(seed)
-    rng.shuffle(tasks)
-    validation, train = tasks[:VALIDATION_SIZE], tasks[VALIDATION_SIZE:]
-    pairs = demonstrations(env, train, tokenizer, prompts)
+    """Supervised steps over every role's demonstrations (one forward per role: sequences of a
+    role have similar lengths, so less padding) until ``accept(measure())``. Returns the steps
+    taken and the last measurement. Measuring starts at ``first_check`` (default
+    ``check_every``). Missing the targets by ``max_steps`` is an error unless ``keep_last``,
+    which returns the model as it is with its last measurement."""
+    first_check = first_check or check_every
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     torch.manual_seed(seed)
     started = time.perf_counter()
     for step in range(1, max_steps + 1):
         model.train()
-        # One forward per role: sequences of a role have similar lengths, so less padding.
-        for role_pairs in pairs.values():
-            chosen = rng.sample(role_pairs, batch_size // len(pairs))
-            loss = model(**sft_batch(tokenizer, chosen)).loss / len(pairs)
+        for role, role_pairs in pairs.items():
+            rows = rng.sample(range(len(role_pairs)), batch_size // len(pairs))
+            chosen = [role_pairs[i] for i in rows]
+            role_masks = [masks[role][i] for i in rows] if masks else None
+            loss = model(**sft_batch(tokenizer, chosen, role_masks)).loss / len(pairs)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if step % check_every == 0:
-            measured = measure_sessions(model, tokenizer, env, validation, prompts, max_rounds=2)
+        last = keep_last and step == max_steps
+        if last or (step >= first_check and (step - first_check) % check_every == 0):
+            measured = measure()
             success, after = measured["solver/success_round1"], measured["solver/success_final"]
             _console.print(
                 f"[dim]tiny warm-start: step {step} ({time.perf_counter() - started:.0f} s), "
                 f"loss {loss.item():.3f}, held-out success critique-free {success:.2f}, "
                 f"after self-critique {after:.2f}[/dim]"
             )
-            if success >= TARGET_SUCCESS and after - success >= TARGET_GAP:
+            if accept(measured) or last:
                 return step, measured
-    raise RuntimeError(
-        f"tiny warm-start did not reach {TARGET_SUCCESS:.0%} critique-free success with a "
-        f"{TARGET_GAP:.0%} gain from self-critique in {max_steps} steps"
-    )
+    raise RuntimeError(f"the tiny warm-start did not reach its targets in {max_steps} steps")
+
+
+def warm_start(
+    model: Qwen3ForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    env: Environment,
+    prompts: Prompts,
+    seed: int = 0,
+) -> tuple[int, dict[str, float | int | None]]:
+    """Supervised steps on all three roles until held-out critique-free success reaches
+    TARGET_SUCCESS and self-critique adds TARGET_GAP. Returns the steps taken and the session
+    metrics on the held-out tasks (which never appear in the supervised data; the test split is
+    never looked at)."""
+    tasks = list(env.tasks("train"))
+    rng = random.Random(seed)
+    rng.shuffle(tasks)
+    validation, train = tasks[:VALIDATION_SIZE], tasks[VALIDATION_SIZE:]
+    pairs = demonstrations(env, train, tokenizer, prompts)
+
+    def measure() -> dict[str, float | int | None]:
+        return measure_sessions(model, tokenizer, env, validation, prompts, max_rounds=2)
+
+    def accept(measured: dict[str, float | int | None]) -> bool:
+        success, after = measured["solver/success_round1"], measured["solver/success_final"]
+        return success >= TARGET_SUCCESS and after - success >= TARGET_GAP
+
+    return supervise(model, tokenizer, pairs, measure, accept, rng, seed)
 
 
 def build_tiny(target: Path, seed: int = 0) -> None:
@@ -251,21 +300,36 @@ def build_tiny(target: Path, seed: int = 0) -> None:
     (target / "warm_start.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
-def tiny_model_dir() -> Path:
-    """The cached tiny model directory, built on first use (a lock keeps builds apart)."""
+def _builders() -> dict[str, tuple[str, Callable[[Path], None]]]:
+    """The embedded models by name: (cache directory name, builder)."""
+    from icrl_cli import tiny_household
+
+    return {
+        "tiny": (f"tiny-v{TINY_VERSION}", build_tiny),
+        "tiny-household": (f"tiny-household-v{tiny_household.VERSION}", tiny_household.build),
+    }
+
+
+TINY_NAMES = ("tiny", "tiny-household")
+
+
+def tiny_model_dir(name: str = "tiny") -> Path:
+    """The cached directory of the embedded model ``name``, built on first use (a lock keeps
+    concurrent builds apart)."""
+    dirname, build = _builders()[name]
     root = cache_root()
-    target = root / f"tiny-v{TINY_VERSION}"
+    target = root / dirname
     if (target / "config.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".tiny-v{TINY_VERSION}.lock", "w") as lock:
+    with open(root / f".{dirname}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "config.json").is_file():
             return target
-        _console.print("[bold]building the tiny model (once; about a minute on 2 cores)…[/bold]")
-        partial = root / f".tiny-v{TINY_VERSION}.partial"
+        _console.print(f"[bold]building the {name} model (once; a few minutes on 2 cores)…[/bold]")
+        partial = root / f".{dirname}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
-        build_tiny(partial)
+        build(partial)
         os.replace(partial, target)
     return target

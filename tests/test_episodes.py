@@ -247,3 +247,28 @@ def test_a_failed_episode_is_counted_and_kept_out_of_training(tokenizer):
     assert samples[1].metadata["error"] == "connection refused"
     metrics = session_metrics(samples, "oracle")
     assert metrics["env/failed_episodes"] == 2 and metrics["solver/success_round1"] == 1.0
+
+
+def test_tiny_household_demonstrations_are_laid_out_exactly_like_a_rollout():
+    from environments.household import expert, spec_of
+    from icrl_cli import tiny_household
+
+    env = environments.make("household", **tiny_household.OPTIONS)
+    tasks = env.tasks("train")[:30]
+    bpe = tiny_household.build_tokenizer(tiny_household.corpus(env, tasks))
+    # Digits are always tokens of their own, so receptacle numbers are copied, not merged.
+    assert all(
+        len(bpe.decode([i])) == 1 for i in bpe.encode("cabinet 14") if bpe.decode([i])[0].isdigit()
+    )
+    task = tasks[0]
+    spec = spec_of(task)
+    turns, reward = tiny_household.episode(env, task, expert.plan(env.world(spec), spec.goal))
+    assert reward == 1.0
+    ids, mask = tiny_household.episode_target(bpe, turns, done=True)
+    replies = iter(turn for turn, _ in turns)
+    prompt = encode_prompt(bpe, solver_messages(env, task, PROMPTS))
+    (rollout,) = play(
+        Scripted(bpe, lambda _: next(replies)), bpe, [env.start(task)], [prompt], limits()
+    )
+    assert (rollout.stop, rollout.reward) == ("done", 1.0)
+    assert rollout.response_ids == ids and rollout.loss_mask == mask

@@ -1,0 +1,229 @@
+"""``tiny-household``: the embedded model for the household world, built and cached locally.
+
+The same few-million-parameter Qwen3 as ``tiny``, with a byte-level BPE tokenizer trained on
+household text (a character tokenizer would make every episode thousands of tokens long; this
+one makes it about 150, and keeps every digit a token of its own, so receptacle numbers are
+copied rather than guessed). It is warm-started on the expert's episodes in all three roles:
+the critique-free solver, the critic (tips on plausible failed episodes, written by the
+environment) and the revision (the expert's episode given such a tip). The expert knows where
+things are and the solver does not, so critique-free success stays low while a tip that names
+a place lifts it: the gap ICRL has to internalise.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+import environments
+from environments import Task, react_action
+from environments.household import HouseholdEnvironment, expert, spec_of
+from icrl_cli.rollout.episodes import observation_ids, trajectory_summary
+from icrl_cli.rollout.prompts import (
+    PROMPTS_FILE,
+    Prompts,
+    critic_messages,
+    encode_prompt,
+    solver_messages,
+)
+from icrl_cli.rollout.sessions import SessionSettings
+from icrl_cli.tiny import (
+    SPECIAL_TOKENS,
+    Pair,
+    build_model,
+    measure_sessions,
+    supervise,
+    wrap_tokenizer,
+)
+
+VERSION = "1"
+# The household options it is warm-started on: the simplest task type (a 3 to 5 step episode),
+# so that a few minutes of supervised steps on two cores leave a model that acts sensibly.
+OPTIONS: dict[str, object] = {"task_types": ["pick_and_place_simple"]}
+PROMPTS = {
+    "solver_user": "{task}",
+    "revision_user": "{task}\nTip: {critique}",
+    "critic_user": "{task}\n{summary}",
+    "summary": "{attempt}\nreward {reward}",
+    "critique_tag": "c",
+    "rule_correct": "Done.",
+    "rule_failed": "That failed.",
+}
+VOCAB_SIZE = 2048
+MAX_POSITIONS = 2048
+CORPUS_TASKS = 1500
+VALIDATION_SIZE = 16
+# Session settings of the warm-start's measurements (the tiny-household preset uses the same).
+SETTINGS = SessionSettings(
+    sessions_per_query=1,
+    max_rounds=2,
+    max_new_tokens=48,
+    critic_max_new_tokens=48,
+    max_turns=10,
+    repeat_limit=3,
+    context_tokens=MAX_POSITIONS,
+    summary_observation_chars=120,
+)
+# Measured every CHECK_EVERY steps (an episode costs seconds on a CPU, so once, at the end);
+# the warm-start stops once both hold or after MAX_STEPS, keeping what it has
+# (warm_start.json records the numbers either way).
+TARGET_SUCCESS = 0.05
+TARGET_GAP = 0.15
+CHECK_EVERY = 300
+MAX_STEPS = 300
+
+
+def episode(
+    env: HouseholdEnvironment, task: Task, steps: list[expert.Step]
+) -> tuple[list[tuple[str, str]], float]:
+    """(ReAct turn, observation) for each step played in a fresh episode up to done, and the
+    reward."""
+    playing = env.start(task)
+    turns, reward = [], 0.0
+    for thought, action in steps:
+        turn = f"Thought: {thought} Action: {action}"
+        result = playing.step(turn)
+        turns.append((turn, result.observation))
+        reward = result.reward
+        if result.done:
+            break
+    return turns, reward
+
+
+def corpus(env: HouseholdEnvironment, tasks: list[Task]) -> list[str]:
+    """Text of the kind the model will read and write: openings, expert and flawed episodes
+    with their observations, and tips."""
+    rng = random.Random(0)
+    texts = []
+    for task in tasks:
+        spec = spec_of(task)
+        steps = expert.plan(env.world(spec), spec.goal)
+        flawed = expert.flawed_steps(env.world(spec), spec.goal, rng)
+        for played, _ in (episode(env, task, steps), episode(env, task, flawed)):
+            texts.append("\n".join([task.prompt] + [line for turn in played for line in turn]))
+        texts.append(env.critique_demonstration(task, expert.render_steps(flawed)) or "")
+    return texts
+
+
+def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    """Byte-level BPE whose merges may span spaces (household text is formulaic, so whole
+    phrases become single tokens) but never digits or newlines."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"[0-9]|\n"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    return wrap_tokenizer(backend)
+
+
+def episode_target(
+    tokenizer: PreTrainedTokenizerFast, turns: list[tuple[str, str]], done: bool
+) -> tuple[list[int], list[int]]:
+    """A played episode as a multi-turn response: each turn and its EOS (mask 1), then the
+    observation's user turn (mask 0), exactly as a rollout lays it out."""
+    ids: list[int] = []
+    mask: list[int] = []
+    for index, (turn, observation) in enumerate(turns):
+        turn_ids = tokenizer.encode(turn, add_special_tokens=False) + [tokenizer.eos_token_id]
+        ids += turn_ids
+        mask += [1] * len(turn_ids)
+        if index < len(turns) - 1 or not done:
+            continuation = observation_ids(tokenizer, observation)
+            ids += continuation
+            mask += [0] * len(continuation)
+    return ids, mask
+
+
+def demonstrations(
+    env: HouseholdEnvironment,
+    tasks: list[Task],
+    tokenizer: PreTrainedTokenizerFast,
+    prompts: Prompts,
+) -> tuple[dict[str, list[Pair]], dict[str, list[list[int]]]]:
+    """(prompt, target) pairs and target loss masks for the solver, the critic and the
+    revision."""
+    rng = random.Random(0)
+    pairs: dict[str, list[Pair]] = {"solver": [], "critic": [], "revision": []}
+    masks: dict[str, list[list[int]]] = {"solver": [], "critic": [], "revision": []}
+    tag = prompts.critique_tag
+    eos = [tokenizer.eos_token_id]
+    for task in tasks:
+        spec = spec_of(task)
+        solved, _ = episode(env, task, expert.plan(env.world(spec), spec.goal))
+        target, mask = episode_target(tokenizer, solved, done=True)
+        free = encode_prompt(tokenizer, solver_messages(env, task, prompts))
+        pairs["solver"].append((free, target))
+        masks["solver"].append(mask)
+        flawed, reward = episode(env, task, expert.flawed_steps(env.world(spec), spec.goal, rng))
+        tip = env.critique_demonstration(task, "\n".join(turn for turn, _ in flawed))
+        if tip is None or reward == 1.0:  # a slip the episode recovered from needs no tip
+            continue
+        summary = trajectory_summary(
+            [(react_action(turn), obs) for turn, obs in flawed], SETTINGS.summary_observation_chars
+        )
+        critic_prompt = encode_prompt(tokenizer, critic_messages(task, summary, 0.0, prompts))
+        critic_target = tokenizer.encode(f"<{tag}>{tip}</{tag}>", add_special_tokens=False) + eos
+        pairs["critic"].append((critic_prompt, critic_target))
+        masks["critic"].append([1] * len(critic_target))
+        if rng.random() < 0.2:
+            tip = prompts.rule_failed  # what the rule critic says: no information
+        revision = encode_prompt(tokenizer, solver_messages(env, task, prompts, critique=tip))
+        pairs["revision"].append((revision, target))
+        masks["revision"].append(mask)
+    return pairs, masks
+
+
+def build(target: Path, seed: int = 0) -> None:
+    env = environments.make("household", **OPTIONS)
+    assert isinstance(env, HouseholdEnvironment)
+    tasks = list(env.tasks("train"))
+    rng = random.Random(seed)
+    rng.shuffle(tasks)
+    validation, train = tasks[:VALIDATION_SIZE], tasks[VALIDATION_SIZE:]
+    tokenizer = build_tokenizer(corpus(env, train[:CORPUS_TASKS]))
+    model = build_model(tokenizer, seed, max_positions=MAX_POSITIONS)
+    prompts = Prompts(**PROMPTS)
+    pairs, masks = demonstrations(env, train, tokenizer, prompts)
+
+    def measure() -> dict[str, float | int | None]:
+        return measure_sessions(model, tokenizer, env, validation, prompts, settings=SETTINGS)
+
+    def accept(measured: dict[str, float | int | None]) -> bool:
+        success, after = measured["solver/success_round1"], measured["solver/success_final"]
+        return success >= TARGET_SUCCESS and after - success >= TARGET_GAP
+
+    steps, measured = supervise(
+        model,
+        tokenizer,
+        pairs,
+        measure,
+        accept,
+        rng,
+        seed,
+        masks=masks,
+        batch_size=24,
+        check_every=CHECK_EVERY,
+        max_steps=MAX_STEPS,
+        keep_last=True,
+    )
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    (target / PROMPTS_FILE).write_text(json.dumps(PROMPTS, indent=2) + "\n")
+    report = {"supervised_steps": steps, "options": OPTIONS, "held_out": measured}
+    (target / "warm_start.json").write_text(json.dumps(report, indent=2) + "\n")
