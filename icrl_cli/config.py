@@ -36,8 +36,8 @@ class ModelConfig(Section):
     name: str = Field(
         "tiny",
         description="What to train: 'tiny' (the embedded few-million-parameter default, built "
-        "locally and cached), a local Hugging Face model directory, a hub id such as "
-        "'Qwen/Qwen3-4B', or a short name such as 'Qwen3-4B'.",
+        "locally and cached), 'tiny-household' (its household twin), a local Hugging Face "
+        "model directory, a hub id such as 'Qwen/Qwen3-4B', or a short name such as 'Qwen3-4B'.",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Parameter dtype; 'auto' is bfloat16 on a GPU and float32 on a CPU."
