@@ -1,6 +1,8 @@
 """Multi-turn sessions: the token layout of an episode, how it stops, failed episodes, and the
 critic's view of a trajectory."""
 
+from dataclasses import replace
+
 import pytest
 
 import environments
@@ -234,17 +236,27 @@ def test_a_failed_episode_is_counted_and_kept_out_of_training(tokenizer):
 
         def start(self, task: Task):
             self.started[task.id] = self.started.get(task.id, 0) + 1
-            if self.started[task.id] == 2:
+            if self.started[task.id] == 1:
                 raise EpisodeFailed("connection refused")
-            return self.inner.start(task)
+            return self.inner.start(self.full[task.id])
 
     env = Flaky()
-    tasks = env.inner.tasks("train")[:2]
+    env.full = {t.id: t for t in env.inner.tasks("train")[:2]}
+    # Like a remote task: no text until the episode starts, and the first start fails.
+    tasks = [replace(t, prompt="") for t in env.full.values()]
     backend = Scripted(tokenizer, Household(env.inner, fumble=lambda user: False))
+    backend.reply.plans = {
+        env.full[t.id].prompt.split("\n")[0]: env.inner.expert_actions(env.full[t.id])
+        for t in tasks
+    }
     settings = SessionSettings(sessions_per_query=2, max_new_tokens=64, context_tokens=100_000)
     samples = run_sessions(backend, tokenizer, env, tasks, settings, PROMPTS)
-    assert [s.trainable for s in samples] == [True, False, True, False]
-    assert samples[1].metadata["error"] == "connection refused"
+    assert [s.trainable for s in samples] == [False, True, False, True]
+    assert samples[0].metadata["error"] == "connection refused"
+    # Every sample of a task, the failed one included, has the opening as its prompt.
+    for s in samples:
+        opened = replace(env.full[s.query_id], prompt=env.full[s.query_id].prompt.split("\n")[0])
+        assert s.prompt_ids == encode_prompt(tokenizer, solver_messages(env, opened, PROMPTS))
     metrics = session_metrics(samples, "oracle")
     assert metrics["env/failed_episodes"] == 2 and metrics["solver/success_round1"] == 1.0
 

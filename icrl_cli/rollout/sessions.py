@@ -232,10 +232,16 @@ def _multi_turn_round(
     """One episode per session, played turn by turn; the sample's response is the whole episode
     (observations masked out), trained after the critique-free prompt."""
     started = start_all(env.start, [s.task for s in sessions])
-    for s, (episode, _) in zip(sessions, started, strict=True):
-        if episode is not None and round_ == 1:
-            # The opening (look text and task) is only known once an episode has started.
-            s.task = replace(s.task, prompt=opening(s.task, episode))
+    # The opening (look text and task) is only known once an episode has started; sessions of
+    # a task whose episode failed to start take it from one that did.
+    openings = {
+        s.task.id: opening(s.task, episode)
+        for s, (episode, _) in zip(sessions, started, strict=True)
+        if episode is not None and round_ == 1
+    }
+    for s in sessions:
+        if s.task.id in openings:
+            s.task = replace(s.task, prompt=openings[s.task.id])
     free, behavior = _solver_prompts(tokenizer, env, sessions, settings, prompts)
     rollouts = play(backend, tokenizer, [e for e, _ in started], behavior, settings.turn_limits())
     samples = []
