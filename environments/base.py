@@ -93,8 +93,6 @@ def opening(task: Task, episode: Episode) -> str:
     first = episode.initial_observation()
     if not task.prompt or task.prompt.startswith(first):
         return task.prompt or first
-    if not first:
-        return task.prompt
     return f"{first}\n{task.prompt}"
 
 

@@ -310,9 +310,6 @@ def _builders() -> dict[str, tuple[str, Callable[[Path], None]]]:
     }
 
 
-TINY_NAMES = ("tiny", "tiny-household")
-
-
 def tiny_model_dir(name: str = "tiny") -> Path:
     """The cached directory of the embedded model ``name``, built on first use (a lock keeps
     concurrent builds apart)."""

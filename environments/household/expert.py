@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from environments.base import react_action
 from environments.household.catalog import CAN_CONTAIN, TRANSFORMS
 from environments.household.world import Goal, Thing, World
 
@@ -99,7 +100,7 @@ def parse_actions(attempt: str) -> list[str]:
     for raw in attempt.splitlines():
         line = raw.strip()
         if "Action:" in line:
-            actions.append(line.rsplit("Action:", 1)[1].strip())
+            actions.append(react_action(line))
         elif line.startswith(">"):
             actions.append(line[1:].strip())
         elif line in ("look", "inventory") or line.startswith(_VERBS):

@@ -11,7 +11,7 @@ the context budget. An episode whose environment fails (a dead server) is marked
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -189,7 +189,7 @@ def play(
 
 
 def start_all(
-    env_start, tasks: Sequence[Task], workers: int = 16
+    env_start: Callable[[Task], Episode], tasks: Sequence[Task], workers: int = 16
 ) -> list[tuple[Episode | None, str | None]]:
     """(episode, None) or (None, the error) per task; starts run on a thread pool."""
 

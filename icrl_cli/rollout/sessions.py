@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from transformers import PreTrainedTokenizerBase
 
@@ -153,6 +153,32 @@ class _Session:
     critique: str | None = None
     pending_critic: Sample | None = None
 
+    def attempt(
+        self,
+        round_: int,
+        free: list[int],
+        behavior: list[int],
+        metadata: dict[str, Any],
+        **fields: Any,
+    ) -> Sample:
+        """This session's solver sample of ``round_``: trained after ``free`` (the critique-free
+        prompt), sampled after ``behavior``."""
+        return Sample(
+            query_id=self.task.id,
+            session=self.index,
+            round=round_,
+            role="solver",
+            prompt_ids=free,
+            behavior_prompt_ids=behavior,
+            metadata={
+                "task": self.task.prompt,
+                "critique": self.critique,
+                "previous_reward": self.last.reward if self.last else None,
+                **metadata,
+            },
+            **fields,
+        )
+
 
 def _solver_prompts(
     tokenizer: PreTrainedTokenizerBase,
@@ -196,25 +222,17 @@ def _single_step_round(
         text = tokenizer.decode(out.token_ids, skip_special_tokens=True)
         result = env.start(s.task).step(text)
         samples.append(
-            Sample(
-                query_id=s.task.id,
-                session=s.index,
-                round=round_,
-                role="solver",
-                prompt_ids=free[s.task.id],
-                behavior_prompt_ids=context,
+            s.attempt(
+                round_,
+                free[s.task.id],
+                context,
+                {"answer": s.task.answer},
                 response_ids=out.token_ids,
                 loss_mask=[1] * len(out.token_ids),
                 behavior_logprobs=out.logprobs,
                 reward=float(result.reward),
                 text=text,
                 finish_reason=out.finish_reason,
-                metadata={
-                    "task": s.task.prompt,
-                    "answer": s.task.answer,
-                    "critique": s.critique,
-                    "previous_reward": s.last.reward if s.last else None,
-                },
             )
         )
     return samples
@@ -249,26 +267,17 @@ def _multi_turn_round(
         rollout.error = error or rollout.error
         summary = trajectory_summary(rollout.turns, settings.summary_observation_chars)
         samples.append(
-            Sample(
-                query_id=s.task.id,
-                session=s.index,
-                round=round_,
-                role="solver",
-                prompt_ids=free[s.task.id],
-                behavior_prompt_ids=context,
+            s.attempt(
+                round_,
+                free[s.task.id],
+                context,
+                {"summary": summary, **rollout.metadata()},
                 response_ids=rollout.response_ids,
                 loss_mask=rollout.loss_mask,
                 behavior_logprobs=rollout.logprobs,
                 reward=rollout.reward,
                 text=tokenizer.decode(rollout.response_ids, skip_special_tokens=True),
                 finish_reason=rollout.finish_reason,
-                metadata={
-                    "task": s.task.prompt,
-                    "critique": s.critique,
-                    "previous_reward": s.last.reward if s.last else None,
-                    "summary": summary,
-                    **rollout.metadata(),
-                },
                 # An episode lost to its environment says nothing about the policy.
                 trainable=not rollout.failed,
             )
