@@ -61,6 +61,27 @@ def _bias_token(model, token, value):
     return model.lm_head.register_forward_hook(lambda _module, _inp, out: out + bias)
 
 
+def test_sampling_is_not_truncated_to_the_top_k(random_tiny):
+    """Nearly flat, all-distinct logits (EOS ruled out): 528 draws reach far past 50 distinct
+    tokens, which generate's default top-k (used when none is set) would never allow, and each
+    log-prob is that of the full softmax."""
+    model, tokenizer = random_tiny
+    vocab, eos = model.config.vocab_size, tokenizer.eos_token_id
+    logits = -0.01 * torch.arange(vocab, dtype=torch.float32)
+    logits[eos] = -1e9
+    hook = model.lm_head.register_forward_hook(
+        lambda _module, _inp, out: logits.expand_as(out).clone()
+    )
+    torch.manual_seed(4)
+    outs = HFBackend(model, tokenizer).generate(_prompts(tokenizer) * 16, max_new_tokens=11)
+    hook.remove()
+    drawn = {t for o in outs for t in o.token_ids}
+    assert len(drawn) > 80
+    full = torch.log_softmax(logits, -1)
+    for o in outs:
+        assert o.logprobs == pytest.approx(full[o.token_ids].tolist(), abs=1e-4)
+
+
 def test_stops_at_eos_or_at_the_token_budget(random_tiny):
     model, tokenizer = random_tiny
     eos = tokenizer.eos_token_id

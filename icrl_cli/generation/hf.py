@@ -72,7 +72,9 @@ class HFBackend:
             do_sample=sampling,
             temperature=temperature if sampling else None,
             top_p=top_p if sampling else None,
-            top_k=None,
+            # 0, not None: generate fills a None top_k with its global default of 50, which would
+            # sample from a truncated distribution that the returned log-probs do not describe.
+            top_k=0,
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
             return_dict_in_generate=True,
