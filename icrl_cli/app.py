@@ -178,6 +178,24 @@ def env_serve(
     serve(name, host=host, port=port)
 
 
+@app.command("serve")
+@user_errors
+def serve_model(
+    model: Annotated[
+        str, typer.Option(help="Model: tiny, a run's final/, a hub id or a directory.")
+    ],
+    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean it.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1…")] = "auto",
+) -> None:
+    """Serve MODEL over OpenAI's API: /v1/models, /v1/completions, /v1/chat/completions."""
+    from icrl_cli.serve import serve
+
+    serve(model, host=host, port=port, device=device)
+
+
 @app.command("eval")
 @user_errors
 def eval_(
