@@ -17,6 +17,7 @@ import environments
 from environments import EnvError
 from icrl_cli.config import ConfigError, RunConfig, list_presets, load_run_config, resolve, to_toml
 from icrl_cli.models import ModelLoadError
+from icrl_cli.report import ReportError
 
 app = typer.Typer(
     name="icrl",
@@ -39,7 +40,7 @@ def user_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, EnvError, ModelLoadError) as err:
+        except (ConfigError, EnvError, ModelLoadError, ReportError) as err:
             errors.print(Text("error: ", style="red") + Text(str(err)), soft_wrap=True)
             raise typer.Exit(2) from None
 
@@ -194,6 +195,26 @@ def serve_model(
     from icrl_cli.serve import serve
 
     serve(model, host=host, port=port, device=device)
+
+
+@app.command()
+@user_errors
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories to overlay.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the plots and report.md go (default: RUN_DIR/report for one "
+            "run, ./report for several)."
+        ),
+    ] = None,
+) -> None:
+    """Plot a run's metrics (several runs overlaid) and summarise them in report.md."""
+    from icrl_cli.report import write_report
+
+    if output is None:
+        output = run_dirs[0] / "report" if len(run_dirs) == 1 else Path("report")
+    console.print(f"wrote {write_report(run_dirs, output)}")
 
 
 @app.command("eval")
