@@ -11,7 +11,7 @@ import pytest
 
 import environments
 from environments.base import EnvError
-from environments.household import HouseholdEnvironment
+from environments.household import HouseholdEnvironment, expert, spec_of
 from environments.household.catalog import TASK_TYPES
 from environments.household.generate import build_splits, held_out, split_summary
 from environments.household.world import NOTHING_HAPPENS, Goal, Scene, World, render_list
@@ -355,3 +355,73 @@ def test_task_types_keep_only_those_tasks_with_their_ids() -> None:
     assert all(by_id[t.id] == t for t in kept)
     with pytest.raises(EnvError, match="unknown household task type"):
         HouseholdEnvironment(task_types=["juggle"])
+
+
+def test_searching_expert_looks_in_listed_order_and_takes_what_it_sees() -> None:
+    goal = Goal("pick_and_place_simple", "soapbar", "countertop")
+    world = World(small_scene())
+    steps = expert.plan(world, goal, search_from="cabinet 2")
+    # The room lists cabinet 2, cabinet 1, countertop 1, drawer 1, fridge 1, microwave 1,
+    # sidetable 1; cabinet 1 shares cabinet 2's place, so it is examined, not walked to.
+    assert [action for _, action in steps] == [
+        "go to cabinet 2",
+        "open cabinet 2",
+        "examine cabinet 1",
+        "open cabinet 1",
+        "go to countertop 1",
+        "go to drawer 1",
+        "go to fridge 1",
+        "open fridge 1",
+        "go to microwave 1",
+        "open microwave 1",
+        "go to sidetable 1",
+        "take soapbar 3 from sidetable 1",
+        "go to countertop 1",
+        "put soapbar 3 in/on countertop 1",
+    ]
+    assert steps[0][0] == "I need a soapbar. I look in the cabinet 2."
+    assert world.satisfied(goal)
+    later = expert.plan(World(small_scene()), goal, search_from="microwave 1")
+    assert [action for _, action in later][:3] == [
+        "go to microwave 1",
+        "open microwave 1",
+        "go to sidetable 1",
+    ]
+
+
+def test_observed_review_names_only_what_the_attempt_saw() -> None:
+    goal = Goal("pick_and_place_simple", "soapbar", "countertop")
+    actions = [a for _, a in expert.plan(World(small_scene()), goal, search_from="cabinet 2")]
+
+    def review(attempt: list[str], observed: bool = True) -> expert.Review | None:
+        return expert.review(World(small_scene()), goal, attempt, 50, observed=observed)
+
+    # Out of turns at the closed fridge: cabinets, countertop and drawer were looked into.
+    assert review(actions[:7]) == expert.Review(
+        "You never picked up a soapbar; search on from the fridge 1.", "fridge 1"
+    )
+    # It saw soapbars on the sidetable and walked on.
+    assert review(actions[:11]) == expert.Review(
+        "You never picked up a soapbar; there is one in the sidetable 1.", "sidetable 1"
+    )
+    guess = actions[:2] + ["take soapbar 1 from cabinet 2"]
+    assert review(guess) == expert.Review(
+        "There is no soapbar at the cabinet 2; search on from the cabinet 1.", "cabinet 1"
+    )
+    # The environment's own tip knows where things are.
+    assert review(guess, observed=False) == expert.Review(
+        "There is no soapbar at the cabinet 2; there is one in the sidetable 1.", "sidetable 1"
+    )
+    assert review([]) == expert.Review(
+        "You never picked up a soapbar; search on from the cabinet 2.", "cabinet 2"
+    )
+    assert review(actions) is None
+
+
+def test_searching_expert_solves_every_eval_task(env: HouseholdEnvironment) -> None:
+    for split in EVAL_SPLITS:
+        for task in env.tasks(split):
+            spec = spec_of(task)
+            world = env.world(spec)
+            expert.plan(world, spec.goal, search_from=world.listing()[0])
+            assert world.satisfied(spec.goal), task.id

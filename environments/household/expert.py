@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 
 from environments.base import react_action
 from environments.household.catalog import CAN_CONTAIN, TRANSFORMS
@@ -15,9 +16,11 @@ _VERBS += ("use ", "examine ")
 Step = tuple[str, str]  # (thought, action)
 
 
-def plan(world: World, goal: Goal) -> list[Step]:
+def plan(world: World, goal: Goal, search_from: str | None = None) -> list[Step]:
     """Thought/action pairs that reach ``goal``; each action is checked admissible as it runs,
-    and ``world`` ends in the solved state."""
+    and ``world`` ends in the solved state. The expert goes straight to where things are; with
+    ``search_from`` (a receptacle name) it knows only what it sees, and looks for each object
+    in the receptacles in the order the room lists them, from that one on."""
     steps: list[Step] = []
 
     def do(thought: str, action: str) -> None:
@@ -33,11 +36,37 @@ def plan(world: World, goal: Goal) -> list[Step]:
         if rec.openable and not rec.opened:
             do(f"The {rec_name} is closed, so I open it.", f"open {rec_name}")
 
-    def fetch(thing: Thing, first: bool) -> None:
+    def fetch(thing: Thing, first: bool) -> Thing:
+        """Take ``thing``, or, searching, the first object of its kind the search finds."""
         host = thing.where or ""
         need = f"I need a {goal.obj}" if first else f"Now I need a second {goal.obj}"
-        reach(host, f"{need}. There is one at the {host}, so I go there.")
+        if search_from is not None:
+            # A second object may sit where the first one was found.
+            thing = search(need, search_from if first else found_at[-1])
+            host = thing.where or ""
+            found_at.append(host)
+        else:
+            reach(host, f"{need}. There is one at the {host}, so I go there.")
         do(f"I take the {thing.name}.", f"take {thing.name} from {host}")
+        return thing
+
+    found_at: list[str] = []
+
+    def search(need: str, start: str) -> Thing:
+        names = world.listing()
+        at = names.index(start)
+        for name in names[at:] + names[:at]:
+            rec = world.receptacles[name]
+            if world.loc != rec.loc:
+                do(f"{need}. I look in the {name}.", f"go to {name}")
+            else:  # a receptacle beside the last one: no walk, just a look
+                do(f"{need}. I look in the {name}.", f"examine {name}")
+            if rec.openable and not rec.opened:
+                do(f"The {name} is closed, so I open it.", f"open {name}")
+            found = [t for t in world.contents(rec) if t.kind == goal.obj]
+            if found and rec.kind != goal.recep:
+                return min(found, key=_key)
+        raise LookupError(f"no {goal.obj} to find outside a {goal.recep}")
 
     targets = sorted(
         (
@@ -60,7 +89,7 @@ def plan(world: World, goal: Goal) -> list[Step]:
     dest = min((r for r in world.receptacles.values() if r.kind == goal.recep), key=_key)
     count = 2 if goal.task_type == "pick_two_obj_and_place" else 1
     for index, thing in enumerate(targets[:count]):
-        fetch(thing, first=index == 0)
+        thing = fetch(thing, first=index == 0)
         if goal.task_type in TRANSFORMS:
             verb, kind = TRANSFORMS[goal.task_type]
             appliance = min((r for r in world.receptacles.values() if r.kind == kind), key=_key)
@@ -118,9 +147,59 @@ def transcript(world: World, goal: Goal, actions: list[str], max_steps: int) -> 
     return "\n".join(lines)
 
 
-def critique(world: World, goal: Goal, actions: list[str], max_steps: int) -> str | None:
+@dataclass
+class Review:
+    """A tip naming an attempt's first mistake, and the receptacle it says to look in first
+    (None when it names no place)."""
+
+    tip: str
+    search_from: str | None = None
+
+
+@dataclass
+class _Sightings:
+    """What an attempt has seen so far: the receptacles it looked into, in order, and the
+    first receptacle that showed each kind of object."""
+
+    listing: list[str]
+    looked: list[str] = field(default_factory=list)
+    first_seen: dict[str, str] = field(default_factory=dict)
+
+    def note(self, world: World, action: str) -> None:
+        verb, _, name = action.partition(" ")
+        name = name.removeprefix("to ")
+        rec = world.receptacles.get(name)
+        if verb not in ("go", "examine", "open") or rec is None:
+            return
+        if rec.openable and not rec.opened:
+            return  # a closed receptacle shows nothing
+        self.looked.append(name)
+        for thing in world.contents(rec):
+            self.first_seen.setdefault(thing.kind, name)
+
+    def next_unseen(self) -> str:
+        """Where a search in the room's order goes on: the first receptacle in that order
+        the attempt has not looked into."""
+        return next((name for name in self.listing if name not in self.looked), self.listing[0])
+
+
+def critique(
+    world: World, goal: Goal, actions: list[str], max_steps: int, observed: bool = False
+) -> str | None:
     """A short tip naming the first thing ``actions`` got wrong, or None if they succeed."""
+    found = review(world, goal, actions, max_steps, observed)
+    return found.tip if found else None
+
+
+def review(
+    world: World, goal: Goal, actions: list[str], max_steps: int, observed: bool = False
+) -> Review | None:
+    """The first thing ``actions`` got wrong, or None if they succeed. With ``observed`` the
+    tip uses only what the attempt itself saw (what a critic reading its trajectory could
+    know): a place where it passed an object by, or where to continue the search; otherwise
+    it names where an object is."""
     transform = TRANSFORMS.get(goal.task_type)
+    seen = _Sightings(world.listing()) if observed else None
     for raw in actions[:max_steps]:
         action = raw.strip()
         if action not in world.commands():
@@ -132,20 +211,23 @@ def critique(world: World, goal: Goal, actions: list[str], max_steps: int) -> st
                 and world.held is None
             ):
                 place = action.split(" from ", 1)[1]
-                return f"There is no {goal.obj} at the {place}; {_where(world, goal.obj)}."
-            return f'"{action}" was not an admissible command then, so nothing happened.'
+                where, start = _where(world, goal.obj, seen)
+                return Review(f"There is no {goal.obj} at the {place}; {where}.", start)
+            return Review(f'"{action}" was not an admissible command then, so nothing happened.')
         if action.startswith("take "):
             name = action[len("take ") :].split(" from ")[0]
             if world.things[name].kind != goal.obj:
-                return f"You picked up the {name}, but the task needs a {goal.obj}."
+                return Review(f"You picked up the {name}, but the task needs a {goal.obj}.")
         if world.held and action.startswith(("put ", "move ")):
             tip = _put_mistake(world, goal, world.things[world.held], action.rsplit(" ", 2))
             if tip:
-                return tip
+                return Review(tip)
         world.act(action)
+        if seen is not None:
+            seen.note(world, action)
         if world.satisfied(goal):
             return None
-    return _missing_step(world, goal, transform)
+    return _missing_step(world, goal, transform, seen)
 
 
 def _put_mistake(world: World, goal: Goal, thing: Thing, words: list[str]) -> str | None:
@@ -177,13 +259,16 @@ def _put_mistake(world: World, goal: Goal, thing: Thing, words: list[str]) -> st
     return None
 
 
-def _missing_step(world: World, goal: Goal, transform: tuple[str, str] | None) -> str:
+def _missing_step(
+    world: World, goal: Goal, transform: tuple[str, str] | None, seen: _Sightings | None
+) -> Review:
     held = world.things[world.held] if world.held else None
     if goal.task_type == "look_at_obj_in_light":
         lamp = next(t for t in world.things.values() if t.kind == goal.recep)
         if held is None:
-            return f"You never picked up a {goal.obj}; {_where(world, goal.obj)}."
-        return (
+            where, start = _where(world, goal.obj, seen)
+            return Review(f"You never picked up a {goal.obj}; {where}.", start)
+        return Review(
             f"You never turned on the {goal.recep} while holding the {held.name}; take it to "
             f"the {lamp.where} and use the {lamp.name}."
         )
@@ -197,28 +282,45 @@ def _missing_step(world: World, goal: Goal, transform: tuple[str, str] | None) -
             verb, appliance = transform
             done = {"clean": held.clean, "heat": held.hot, "cool": held.cool}[verb]
             if not done:
-                return f"The {held.name} was never {PAST[verb]}; {verb} it with the {appliance}."
-        return f"You never put the {held.name} in a {goal.recep}."
+                return Review(
+                    f"The {held.name} was never {PAST[verb]}; {verb} it with the {appliance}."
+                )
+        return Review(f"You never put the {held.name} in a {goal.recep}.")
     if goal.task_type == "pick_two_obj_and_place" and placed:
-        return (
+        where, start = _where(world, goal.obj, seen, exclude=placed[0].where)
+        return Review(
             f"Only one {goal.obj} is in the {placed[0].where}; find a second one "
-            f"({_where(world, goal.obj, exclude=placed[0].where)}) and put it there too."
+            f"({where}) and put it there too.",
+            start,
         )
-    return f"You never picked up a {goal.obj}; {_where(world, goal.obj)}."
+    where, start = _where(world, goal.obj, seen)
+    return Review(f"You never picked up a {goal.obj}; {where}.", start)
 
 
-def _where(world: World, kind: str, exclude: str | None = None) -> str:
+def _where(
+    world: World, kind: str, seen: _Sightings | None, exclude: str | None = None
+) -> tuple[str, str | None]:
+    """Where to find a ``kind`` (text, and the receptacle to go to first): where one is, or,
+    from what the attempt saw, where it passed one by or where to go on searching."""
+    if seen is not None:
+        place = seen.first_seen.get(kind)
+        if place is not None and place != exclude:
+            return f"there is one in the {place}", place
+        start = seen.next_unseen()
+        return f"search on from the {start}", start
     for thing in sorted(world.things.values(), key=_key):
         if thing.kind == kind and thing.where and thing.where != exclude:
-            return f"there is one in the {thing.where}"
-    return f"look for a {kind}"
+            return f"there is one in the {thing.where}", thing.where
+    return f"look for a {kind}", None
 
 
-def flawed_steps(world: World, goal: Goal, rng: random.Random) -> list[Step]:
-    """A plausible failing trajectory: the expert's with one slip (for critic warm-starts).
-    ``world`` must be fresh; it is consumed."""
+def flawed_steps(
+    world: World, goal: Goal, rng: random.Random, search_from: str | None = None
+) -> list[Step]:
+    """A plausible failing trajectory: the expert's (searching from ``search_from``, if given)
+    with one slip, for critic warm-starts. ``world`` must be fresh; it is consumed."""
     snapshot = _clone(world)
-    steps = plan(world, goal)
+    steps = plan(world, goal, search_from)
     flaws = ["truncate", "invalid"]
     if goal.task_type in TRANSFORMS:
         flaws.append("skip_transform")
@@ -262,8 +364,8 @@ def flawed_steps(world: World, goal: Goal, rng: random.Random) -> list[Step]:
         return [s for s in steps if not s[1].startswith(verb) and not s[0].startswith("Next I")]
     wrong = Goal(goal.task_type, goal.obj, rng.choice(others))
     try:
-        return plan(snapshot, wrong)
-    except IndexError:  # every such object already sits in the wrong kind: just stop short
+        return plan(snapshot, wrong, search_from)
+    except LookupError:  # every such object already sits in the wrong kind: just stop short
         return steps[:-1]
 
 
@@ -275,4 +377,4 @@ def _clone(world: World) -> World:
     return copy
 
 
-__all__ = ["critique", "flawed_steps", "parse_actions", "plan", "render_steps"]
+__all__ = ["Review", "critique", "flawed_steps", "parse_actions", "plan", "render_steps", "review"]

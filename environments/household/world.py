@@ -104,8 +104,12 @@ class World:
             return f"The {rec.name} is closed."
         return f"The {rec.name} is open. In it, you see {listing}."
 
+    def listing(self) -> list[str]:
+        """Receptacle names in the order the room lists them on arrival."""
+        return _order(self.receptacles.values())
+
     def intro(self) -> str:
-        listing = render_list(_order(self.receptacles.values()))
+        listing = render_list(self.listing())
         return f"You are in the middle of a room. Looking quickly around you, you see {listing}."
 
     def look(self) -> str:
