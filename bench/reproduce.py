@@ -1,0 +1,447 @@
+"""Reproduce the tiny comparisons: every algorithm and two ICRL ablations, several seeds.
+
+What is measured, for each preset (``tiny-math``, ``tiny-household``), configuration (``icrl``,
+``grpo``, ``critique-grpo``, ICRL with ``algo.calibration=none``, ICRL with
+``algo.advantage_grouping=query``) and seed:
+
+* critique-free round-1 success on the preset's held-out split (``env.eval_split``), measured on
+  the checkpoints a run writes every ``--eval-every`` steps (and on the untrained model at step
+  0), with ``icrl_cli.evaluation.evaluate.evaluate``: one sample per task at the training
+  temperature and ``max_new_tokens``, evaluation seed 0;
+* the mean calibration weight on revision tokens, ``calib/w_mean_revision``, at every step (from
+  the run's ``metrics.jsonl``);
+* the wall time of each training run.
+
+Every configuration trains the same number of steps from the same cached model. Each run (an
+``icrl train`` subprocess, then its evaluations) is a process of its own with ``--threads`` torch
+threads, ``--jobs`` of them at a time. The script is resumable: a run with a ``result.json`` is
+skipped, an interrupted one continues from its last checkpoint (``icrl train --resume``), and
+evaluations already made are kept in the run's ``evals.json``. Checkpoints are deleted once
+evaluated. ``--summarise-only`` tabulates whatever is complete (e.g. while a long run goes on).
+
+Outputs in ``--out``: ``results.json`` (every number), ``results.md`` (the table, also printed)
+and, per preset, ``PRESET-success.png`` and ``PRESET-w_revision.png``.
+
+    python bench/reproduce.py --quick                  # 1 seed, few steps: minutes on 2 cores
+    python bench/reproduce.py                          # 3 seeds, the presets' full runs: hours
+    python bench/reproduce.py --presets tiny-math --seeds 0 1 2 --configs icrl grpo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+# ``--set`` overrides of ``icrl train`` per configuration (values are TOML).
+CONFIGS: dict[str, list[str]] = {
+    "icrl": ["algo.name='icrl'"],
+    "grpo": ["algo.name='grpo'"],
+    "critique-grpo": ["algo.name='critique-grpo'"],
+    "icrl calibration=none": ["algo.name='icrl'", "algo.calibration='none'"],
+    "icrl advantage_grouping=query": ["algo.name='icrl'", "algo.advantage_grouping='query'"],
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long each run of a preset trains and how it is evaluated."""
+
+    steps: int
+    eval_every: int
+    eval_limit: int
+    seeds: tuple[int, ...]
+
+
+# The full plans: tiny-math at its preset's length with three seeds. The tiny-household model
+# does not solve tasks yet (README), so its row only shows the machinery running.
+FULL = {
+    "tiny-math": Plan(steps=100, eval_every=20, eval_limit=200, seeds=(0, 1, 2)),
+    "tiny-household": Plan(steps=10, eval_every=5, eval_limit=16, seeds=(0,)),
+}
+QUICK = {
+    "tiny-math": Plan(steps=10, eval_every=5, eval_limit=200, seeds=(0,)),
+    "tiny-household": Plan(steps=2, eval_every=2, eval_limit=4, seeds=(0,)),
+}
+
+
+def slug(config: str) -> str:
+    return config.replace(" ", "-").replace("=", "-").replace("_", "-")
+
+
+def run_overrides(config: str, plan: Plan, seed: int) -> list[str]:
+    return [
+        *CONFIGS[config],
+        f"train.steps={plan.steps}",
+        f"train.seed={seed}",
+        f"train.save_every={plan.eval_every}",
+        "train.keep_checkpoints=1000",
+        "train.samples_every=0",
+    ]
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_json(path: Path, data: Any) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    partial.replace(path)
+
+
+def train_run(preset: str, run_dir: Path, overrides: list[str], threads: int) -> float:
+    """Train (or continue) one run in a subprocess; returns the wall seconds it took now."""
+    command = [sys.executable, "-m", "icrl_cli", "train"]
+    if (run_dir / "config.toml").exists():
+        command += ["--resume", str(run_dir)]
+    else:
+        command += ["--preset", preset, "--output-dir", str(run_dir)]
+    for override in overrides:
+        command += ["--set", override]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with (run_dir / "train.log").open("a") as log:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True, env=env)
+    return time.perf_counter() - started
+
+
+class Evaluator:
+    """Critique-free success of model directories on one preset's held-out split."""
+
+    def __init__(self, preset: str, plan: Plan) -> None:
+        from icrl_cli.config import resolve
+        from icrl_cli.trainer.loop import make_environment
+
+        self.config = resolve(preset, [])
+        env = self.config.env
+        self.env = make_environment(env.name, env.data, env.options)
+        self.plan = plan
+
+    def success(self, model: str) -> float:
+        from icrl_cli.evaluation.evaluate import evaluate
+
+        env, gen = self.config.env, self.config.generation
+        result = evaluate(
+            model,
+            self.env,
+            env.name,
+            env.data or "default",
+            env.eval_split,
+            self.plan.eval_limit,
+            gen.max_new_tokens,
+            gen.temperature,
+            0,
+        )
+        return result.success_round1
+
+
+def metrics_series(run_dir: Path, key: str) -> list[float | None]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line).get(key) for line in lines if line]
+
+
+def read_result(run_dir: Path) -> dict[str, Any] | None:
+    done = read_json(run_dir / "result.json")
+    if done is not None:
+        done["success"] = {int(k): v for k, v in done["success"].items()}  # JSON keys are text
+    return done
+
+
+def complete_run(job: dict[str, Any]) -> None:
+    """Train one run, evaluate each of its checkpoints and write its ``result.json``; runs in
+    its own process (``--run``) with ``job["threads"]`` torch threads."""
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    preset, config, seed = job["preset"], job["config"], job["seed"]
+    plan, run_dir = Plan(**job["plan"]), Path(job["run_dir"])
+    evaluator = Evaluator(preset, plan)
+    overrides = run_overrides(config, plan, seed)
+    wall_path = run_dir / "wall.json"
+    if not (run_dir / "final").is_dir():
+        spent = train_run(preset, run_dir, overrides, job["threads"])
+        wall_path.write_text(json.dumps((read_json(wall_path) or 0.0) + spent))
+    evals: dict[str, float] = read_json(run_dir / "evals.json") or {}
+    for step in range(plan.eval_every, plan.steps + 1, plan.eval_every):
+        if str(step) not in evals:
+            evals[str(step)] = evaluator.success(str(run_dir / "checkpoints" / f"step-{step}"))
+            write_json(run_dir / "evals.json", evals)
+    result = {
+        "preset": preset,
+        "config": config,
+        "seed": seed,
+        "steps": plan.steps,
+        "overrides": overrides,
+        "wall_s": read_json(wall_path),
+        "success": {int(k): v for k, v in evals.items()},
+        "w_mean_revision": metrics_series(run_dir, "calib/w_mean_revision"),
+        "train_success_round1": metrics_series(run_dir, "solver/success_round1"),
+    }
+    write_json(run_dir / "result.json", result)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def launch_run(job: dict[str, Any]) -> dict[str, Any] | None:
+    """``complete_run`` in a fresh interpreter (its log in the run directory); the result, or
+    None if it failed."""
+    run_dir = Path(job["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, __file__, "--run", json.dumps(job)]
+    with (run_dir / "run.log").open("a") as log:
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=thread_env(job))
+    return read_result(run_dir) if done.returncode == 0 else None
+
+
+def thread_env(job: dict[str, Any]) -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS=str(job["threads"]))
+
+
+def base_success(preset: str, out: Path, evaluator: Evaluator) -> float:
+    """Step 0: the untrained model, the same for every configuration and seed."""
+    path = out / preset / "base_eval.json"
+    cached = read_json(path)
+    if cached is not None and cached["limit"] == evaluator.plan.eval_limit:
+        return cached["success"]
+    model = evaluator.config.model.name
+    success = evaluator.success(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"model": model, "limit": evaluator.plan.eval_limit, "success": success})
+    return success
+
+
+def warm_start_report(preset: str) -> dict[str, Any] | None:
+    """The cached embedded model's warm_start.json: which model the numbers belong to."""
+    from icrl_cli.config import resolve
+    from icrl_cli.tiny import tiny_model_dir
+
+    name = resolve(preset, []).model.name
+    if name not in ("tiny", "tiny-household"):
+        return None
+    directory = tiny_model_dir(name)
+    return {
+        "model": name,
+        "dir": str(directory),
+        "warm_start": read_json(directory / "warm_start.json"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries
+
+
+def spread(values: list[float]) -> tuple[float, float, float, float]:
+    """Mean, sample standard deviation (0 for one value), min and max."""
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), sd, min(values), max(values)
+
+
+def curve(runs: list[dict[str, Any]], base: float) -> dict[int, tuple[float, float, float, float]]:
+    steps = sorted({s for r in runs for s in r["success"]})
+    points = {0: (base, 0.0, base, base)}
+    for step in steps:
+        points[step] = spread([r["success"][step] for r in runs if step in r["success"]])
+    return points
+
+
+def revision_weight(run: dict[str, Any], last_fraction: float = 0.2) -> float | None:
+    """Mean ``calib/w_mean_revision`` over the last ``last_fraction`` of the steps."""
+    series = run["w_mean_revision"]
+    tail = [w for w in series[int(len(series) * (1 - last_fraction)) :] if w is not None]
+    return statistics.fmean(tail) if tail else None
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = []
+    for preset, block in summary["presets"].items():
+        plan = block["plan"]
+        lines += [
+            f"### {preset}: {plan['steps']} steps, seeds {plan['seeds']}, "
+            f"held-out n = {plan['eval_limit']}",
+            "",
+            "| configuration | success, step 0 | success, last step (mean ± sd) | per seed "
+            "| best step (mean) | w_mean_revision, last 20% | run wall time (s) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for config, row in block["configs"].items():
+            points = {int(k): v for k, v in row["curve"].items()}
+            last = max(points)
+            mean, sd, _, _ = points[last]
+            best = max(points, key=lambda s: points[s][0])
+            per_seed = ", ".join(f"{v:.3f}" for v in row["final_per_seed"])
+            weight = row["w_mean_revision_tail"]
+            lines.append(
+                f"| {config} | {points[0][0]:.3f} | {mean:.3f} ± {sd:.3f} | {per_seed} "
+                f"| {points[best][0]:.3f} @ {best} "
+                f"| {'–' if weight is None else f'{weight:.3f}'} | {row['wall_s_mean']:.0f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for preset, block in summary["presets"].items():
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for config, row in block["configs"].items():
+            points = sorted((int(k), v) for k, v in row["curve"].items())
+            steps = [s for s, _ in points]
+            ax.plot(steps, [p[0] for _, p in points], marker="o", label=config)
+            ax.fill_between(steps, [p[2] for _, p in points], [p[3] for _, p in points], alpha=0.2)
+        seeds = len(block["plan"]["seeds"])
+        ax.set(
+            xlabel="training step",
+            ylabel="critique-free success (held-out)",
+            title=f"{preset}: mean of {seeds} seed(s), band = min..max",
+        )
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(out / f"{preset}-success.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for config in block["configs"]:
+            series = [
+                r["w_mean_revision"] for r in runs if (r["preset"], r["config"]) == (preset, config)
+            ]
+            steps = range(1, len(series[0]) + 1)
+            means = []
+            for values in zip(*series, strict=True):
+                known = [v for v in values if v is not None]
+                means.append(statistics.fmean(known) if known else float("nan"))
+            if any(m == m for m in means):  # NaN != NaN: skip configurations without revisions
+                ax.plot(steps, means, label=config)
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set(
+            xlabel="training step",
+            ylabel="calib/w_mean_revision",
+            title=f"{preset}: mean calibration weight on revisions (seed mean)",
+        )
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(out / f"{preset}-w_revision.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
+
+
+def summarise(
+    runs: list[dict[str, Any]], bases: dict[str, float], plans: dict[str, Plan], models: dict
+) -> dict[str, Any]:
+    presets: dict[str, Any] = {}
+    for preset, plan in plans.items():
+        configs: dict[str, Any] = {}
+        for config in CONFIGS:
+            chosen = [r for r in runs if (r["preset"], r["config"]) == (preset, config)]
+            if not chosen:
+                continue
+            weights = [w for w in map(revision_weight, chosen) if w is not None]
+            configs[config] = {
+                "curve": curve(chosen, bases[preset]),
+                "final_per_seed": [r["success"][max(r["success"])] for r in chosen],
+                "seeds": [r["seed"] for r in chosen],
+                "w_mean_revision_tail": statistics.fmean(weights) if weights else None,
+                "wall_s_mean": statistics.fmean(r["wall_s"] for r in chosen),
+            }
+        presets[preset] = {"plan": vars(plan), "model": models[preset], "configs": configs}
+    return {"presets": presets}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 seed and a few steps per preset")
+    parser.add_argument("--presets", nargs="+", default=["tiny-math", "tiny-household"])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--seeds", nargs="+", type=int, help="Override the plan's seeds.")
+    parser.add_argument("--steps", type=int, help="Override the plan's training steps.")
+    parser.add_argument("--eval-every", type=int, help="Override the checkpoint interval.")
+    parser.add_argument("--eval-limit", type=int, help="Override the held-out tasks evaluated.")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="Runs at once, each on --threads torch threads (2 × 1 thread uses 2 cores better "
+        "than 1 × 2 threads for a model this small).",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run.")
+    parser.add_argument(
+        "--summarise-only", action="store_true", help="Tabulate the runs already complete."
+    )
+    parser.add_argument("--out", type=Path, help="Output folder (default bench/out/reproduce…).")
+    parser.add_argument("--run", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:
+        complete_run(json.loads(args.run))
+        return
+
+    plans = {}
+    for preset in args.presets:
+        plan = (QUICK if args.quick else FULL)[preset]
+        plans[preset] = Plan(
+            steps=args.steps or plan.steps,
+            eval_every=args.eval_every or plan.eval_every,
+            eval_limit=args.eval_limit or plan.eval_limit,
+            seeds=tuple(args.seeds) if args.seeds else plan.seeds,
+        )
+    out = args.out or Path("bench/out") / ("reproduce-quick" if args.quick else "reproduce")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    bases, models, jobs = {}, {}, []
+    for preset, plan in plans.items():
+        models[preset] = warm_start_report(preset)
+        bases[preset] = base_success(preset, out, Evaluator(preset, plan))
+        for seed in plan.seeds:  # seed-major: a cut-short run still covers every configuration
+            for config in args.configs:
+                run_dir = out / preset / slug(config) / f"seed-{seed}"
+                job = {"preset": preset, "config": config, "seed": seed, "plan": asdict(plan)}
+                jobs.append({**job, "run_dir": str(run_dir), "threads": args.threads})
+    runs = [r for r in (read_result(Path(j["run_dir"])) for j in jobs) if r is not None]
+    pending = [j for j in jobs if read_result(Path(j["run_dir"])) is None]
+    print(f"{len(runs)} runs complete, {len(pending)} to go", flush=True)
+    if pending and not args.summarise_only:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            futures = {pool.submit(launch_run, job): job for job in pending}
+            for future in as_completed(futures):
+                job, result = futures[future], future.result()
+                status = "done" if result is not None else f"FAILED (see {job['run_dir']}/run.log)"
+                print(
+                    f"[{time.perf_counter() - started:6.0f} s] {job['preset']} {job['config']} "
+                    f"seed {job['seed']}: {status}",
+                    flush=True,
+                )
+                if result is not None:
+                    runs.append(result)
+    order = {(j["preset"], j["config"], j["seed"]): i for i, j in enumerate(jobs)}
+    runs.sort(key=lambda r: order[(r["preset"], r["config"], r["seed"])])
+    summary = summarise(runs, bases, plans, models)
+    summary["runs"] = runs
+    summary["elapsed_s"] = time.perf_counter() - started
+    write_json(out / "results.json", summary)
+    table = markdown(summary)
+    (out / "results.md").write_text(table)
+    for path in plot(summary, runs, out):
+        print(f"wrote {path}")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,484 @@
+"""Step throughput of one GRPO update: icrl's ``grpo`` against TRL's ``GRPOTrainer`` and a floor.
+
+Every contender trains the same cached tiny model (``icrl_cli.tiny.tiny_model_dir("tiny")``, a
+Qwen3 built locally; ``--model`` picks another) on the math environment's synthetic sums, graded
+by the environment, with the same settings: B queries × G completions per step, at most
+``--max-new-tokens`` new tokens at temperature 1 (no top-k, no top-p), one AdamW step per batch
+at a constant learning rate, the clipped surrogate with ε = 0.2 / 0.28, a global token-mean loss
+(TRL's ``dapo``), rewards normalised by the group's mean and std, no KL term, float32, no
+gradient checkpointing, on the CPU with the same number of torch threads.
+
+Contenders (each run is its own subprocess, so its peak RSS, ``VmHWM``, is its own):
+
+* ``grpo``  — icrl's step: the loop's own pieces (``run_sessions``, ``training_batch``,
+  ``policy_update``) in the order ``icrl train`` calls them;
+* ``trl``   — ``trl.GRPOTrainer`` with ``num_iterations=1`` and one generation batch of B × G
+  completions per optimizer step (``per_device_train_batch_size`` = B × G, no accumulation);
+* ``floor`` — bare ``model.generate`` of the same B × G completions, then one forward/backward
+  of those tokens and an AdamW step in plain torch (no grading, no bookkeeping);
+* ``icrl``  — icrl's ICRL step (K = 2 rounds: attempt, self-critique of failures, revision) at
+  the same number of queries.
+
+A step is timed end to end with ``time.perf_counter``; the first step of each run is a warm-up
+and is not counted. Runs alternate between contenders (the order rotates every round) and each
+contender's number is the median over ``--runs`` runs, so background load on a shared machine
+hits all of them alike. Samples/s counts completions (for ``icrl``: every generated sample,
+attempts, critiques and revisions), tokens/s counts generated completion tokens.
+
+    pip install -r bench/requirements.txt     # TRL, only for this benchmark
+    python bench/throughput.py                # 3 runs × 4 contenders × (1 + 4) steps
+    python bench/throughput.py --runs 5 --steps 6 --threads 2 --out bench/out/throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONTENDERS = ("grpo", "trl", "floor", "icrl")
+
+
+@dataclass
+class Settings:
+    queries: int = 16
+    group: int = 8
+    max_new_tokens: int = 40
+    temperature: float = 1.0
+    lr: float = 2e-4
+    steps: int = 4
+    threads: int = 2
+    seed: int = 0
+    model: str = "tiny"  # a model name or directory (bench/scaling.py passes untrained ones)
+
+
+@dataclass
+class RunResult:
+    """What one worker subprocess measured."""
+
+    contender: str
+    step_s: list[float]  # measured steps only (the warm-up is dropped)
+    samples: list[int]
+    tokens: list[int]
+    peak_rss_mb: float
+    phases: dict[str, list[float]] = field(default_factory=dict)  # e.g. generation vs update
+
+    def rates(self) -> dict[str, float]:
+        seconds = sum(self.step_s)
+        return {
+            "step_s": seconds / len(self.step_s),
+            "samples_per_s": sum(self.samples) / seconds,
+            "tokens_per_s": sum(self.tokens) / seconds,
+        }
+
+
+def peak_rss_mb() -> float:
+    """This process's high-water resident set size (``VmHWM``), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def tiny_setup(settings: Settings) -> tuple[Any, Any, list[Any], Path]:
+    """The math environment of the tiny-math preset, the model's prompts, the train tasks and
+    the model directory."""
+    from icrl_cli.config import resolve
+    from icrl_cli.models import resolve_model_name
+    from icrl_cli.rollout.prompts import Prompts
+    from icrl_cli.trainer.loop import make_environment
+
+    config = resolve("tiny-math", [])
+    env = make_environment(config.env.name, config.env.data, config.env.options)
+    model_dir = Path(resolve_model_name(settings.model))
+    prompts = Prompts.resolve({}, str(model_dir))
+    return env, prompts, list(env.tasks(config.env.train_split)), model_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers: each runs warm-up + steps in its own process and returns a RunResult.
+
+
+def run_icrl(settings: Settings, algo: str) -> RunResult:
+    from icrl_cli.config import resolve
+    from icrl_cli.generation.hf import HFBackend
+    from icrl_cli.models import load_model, resolve_model_name
+    from icrl_cli.rollout.prompts import Prompts
+    from icrl_cli.rollout.sessions import run_sessions
+    from icrl_cli.trainer.loop import (
+        QuerySampler,
+        build_critic,
+        make_environment,
+        seed_everything,
+        session_settings,
+        training_batch,
+    )
+    from icrl_cli.trainer.policy import policy_update
+
+    config = resolve(
+        "tiny-math",
+        [
+            f"algo.name='{algo}'",
+            f"algo.sessions_per_query={settings.group}",
+            f"train.queries_per_step={settings.queries}",
+            f"train.micro_batch_size={settings.queries * settings.group}",
+            f"train.lr={settings.lr}",
+            f"train.seed={settings.seed}",
+            f"generation.max_new_tokens={settings.max_new_tokens}",
+            f"generation.temperature={settings.temperature}",
+            "model.device='cpu'",
+            f"model.name='{settings.model}'",
+        ],
+    )
+    seed_everything(settings.seed)
+    env = make_environment(config.env.name, config.env.data, config.env.options)
+    model, tokenizer = load_model(config.model.name, config.model.device, config.model.dtype)
+    optimizer = torch_adamw(model, config.train.lr)
+    sampler = QuerySampler(list(env.tasks(config.env.train_split)), settings.seed)
+    backend = HFBackend(model, tokenizer, config.generation.batch_size)
+    prompts = Prompts.resolve(config.prompts.model_dump(), resolve_model_name(config.model.name))
+    sessions = session_settings(config, model.config.max_position_embeddings)
+    critic = build_critic(config, backend, tokenizer, prompts, sessions)
+    result = RunResult(algo, [], [], [], 0.0, {"rollout_s": [], "update_s": []})
+    for step in range(settings.steps + 1):
+        started = time.perf_counter()
+        queries = sampler.next(settings.queries)
+        samples = run_sessions(backend, tokenizer, env, queries, sessions, prompts, critic)
+        rolled = time.perf_counter()
+        batch = training_batch(samples, config)
+        policy_update(model, None, optimizer, batch, config, tokenizer.pad_token_id)
+        done = time.perf_counter()
+        if step:
+            result.step_s.append(done - started)
+            result.samples.append(len(samples))
+            result.tokens.append(sum(len(s.response_ids) for s in samples))
+            result.phases["rollout_s"].append(rolled - started)
+            result.phases["update_s"].append(done - rolled)
+    result.peak_rss_mb = peak_rss_mb()
+    return result
+
+
+def torch_adamw(model: Any, lr: float) -> Any:
+    """AdamW as icrl train builds it (betas 0.9/0.999, no weight decay, the default kernel)."""
+    import torch
+
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+
+
+def run_floor(settings: Settings) -> RunResult:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from icrl_cli.rollout.prompts import encode_prompt, solver_messages
+
+    torch.manual_seed(settings.seed)
+    env, prompts, tasks, model_dir = tiny_setup(settings)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    optimizer = torch_adamw(model, settings.lr)
+    eos = tokenizer.eos_token_id
+    result = RunResult("floor", [], [], [], 0.0, {"generate_s": [], "update_s": []})
+    for step in range(settings.steps + 1):
+        started = time.perf_counter()
+        chunk = tasks[step * settings.queries : (step + 1) * settings.queries]
+        rows = [
+            encode_prompt(tokenizer, solver_messages(env, task, prompts))
+            for task in chunk
+            for _ in range(settings.group)
+        ]
+        width = max(map(len, rows))
+        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, width - len(row) :] = torch.tensor(row)
+            attention[i, width - len(row) :] = 1
+        model.eval()
+        with torch.no_grad():
+            sequences = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                do_sample=True,
+                temperature=settings.temperature,
+                top_k=0,  # 0 turns top-k off (None would fall back to the default 50)
+                top_p=1.0,
+                max_new_tokens=settings.max_new_tokens,
+                eos_token_id=eos,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        generated = time.perf_counter()
+        completion = sequences[:, width:]
+        # Completion tokens up to and including the first EOS.
+        after_eos = (completion == eos).int().cumsum(1) - (completion == eos).int()
+        mask = (after_eos == 0).float()
+        model.train()
+        full_attention = torch.cat([attention, mask.long()], dim=1)
+        logits = model(input_ids=sequences, attention_mask=full_attention).logits
+        logprobs = torch.log_softmax(logits[:, width - 1 : -1].float(), dim=-1)
+        token_logprobs = logprobs.gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+        loss = -(token_logprobs * mask).sum() / mask.sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        done = time.perf_counter()
+        if step:
+            result.step_s.append(done - started)
+            result.samples.append(len(rows))
+            result.tokens.append(int(mask.sum()))
+            result.phases["generate_s"].append(generated - started)
+            result.phases["update_s"].append(done - generated)
+    result.peak_rss_mb = peak_rss_mb()
+    return result
+
+
+def run_trl(settings: Settings) -> RunResult:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from icrl_cli.rollout.prompts import solver_messages
+
+    env, prompts, tasks, model_dir = tiny_setup(settings)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    # The same conversation icrl's solver sees; TRL applies the same chat template to it.
+    dataset = Dataset.from_list(
+        [
+            {"prompt": solver_messages(env, task, prompts), "task_index": i}
+            for i, task in enumerate(tasks)
+        ]
+    )
+    result = RunResult("trl", [], [], [], 0.0, {"reward_s": []})
+
+    def environment_reward(completions: list[Any], task_index: list[int], **kwargs: Any) -> list:
+        started = time.perf_counter()
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        rewards = [
+            env.start(tasks[i]).step(text).reward for i, text in zip(task_index, texts, strict=True)
+        ]
+        result.samples.append(len(texts))
+        result.tokens.append(sum(len(ids) for ids in kwargs["completion_ids"]))
+        result.phases["reward_s"].append(time.perf_counter() - started)
+        return rewards
+
+    ends: list[float] = []
+
+    class StepClock(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            ends.append(time.perf_counter())
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            ends.append(time.perf_counter())
+
+    batch = settings.queries * settings.group
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = GRPOConfig(
+            output_dir=output_dir,
+            max_steps=settings.steps + 1,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=1,
+            steps_per_generation=1,
+            num_generations=settings.group,
+            num_iterations=1,
+            max_completion_length=settings.max_new_tokens,
+            temperature=settings.temperature,
+            top_p=1.0,
+            top_k=0,
+            learning_rate=settings.lr,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=0.0,
+            adam_beta1=0.9,
+            adam_beta2=0.999,
+            max_grad_norm=1.0,
+            optim="adamw_torch",
+            loss_type="dapo",
+            scale_rewards="group",
+            beta=0.0,
+            epsilon=0.2,
+            epsilon_high=0.28,
+            mask_truncated_completions=False,
+            # GRPOConfig defaults to bf16 and gradient checkpointing; icrl runs float32 without.
+            bf16=False,
+            gradient_checkpointing=False,
+            use_cpu=True,
+            seed=settings.seed,
+            logging_strategy="no",
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            log_completions=False,
+            dataloader_num_workers=0,
+        )
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=environment_reward,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[StepClock()],
+        )
+        trainer.train()
+    # ends[0] is the start, ends[1] the end of the warm-up step.
+    result.step_s = [b - a for a, b in zip(ends[1:], ends[2:], strict=False)]
+    result.samples, result.tokens = result.samples[1:], result.tokens[1:]
+    result.phases["reward_s"] = result.phases["reward_s"][1:]
+    result.peak_rss_mb = peak_rss_mb()
+    return result
+
+
+def worker(contender: str, settings: Settings) -> RunResult:
+    import torch
+
+    torch.set_num_threads(settings.threads)
+    if contender == "trl":
+        return run_trl(settings)
+    if contender == "floor":
+        return run_floor(settings)
+    return run_icrl(settings, contender)
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+def launch(contender: str, settings: Settings) -> RunResult:
+    """One run in a fresh interpreter; its last stdout line is the RunResult as JSON."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(settings.threads), TOKENIZERS_PARALLELISM="false")
+    command = [sys.executable, __file__, "--worker", contender, "--settings"]
+    command.append(json.dumps(asdict(settings)))
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{contender} run failed:\n{done.stderr[-3000:]}")
+    return RunResult(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def summarise(runs: dict[str, list[RunResult]]) -> dict[str, dict[str, float]]:
+    summary = {}
+    for contender, results in runs.items():
+        rates = [r.rates() for r in results]
+        row = {k: statistics.median(r[k] for r in rates) for k in rates[0]}
+        row["step_s_min"] = min(r["step_s"] for r in rates)
+        row["step_s_max"] = max(r["step_s"] for r in rates)
+        row["peak_rss_mb"] = statistics.median(r.peak_rss_mb for r in results)
+        row["samples_per_step"] = statistics.fmean(s for r in results for s in r.samples)
+        row["tokens_per_step"] = statistics.fmean(t for r in results for t in r.tokens)
+        for phase in results[0].phases:
+            row[phase] = statistics.median(statistics.fmean(r.phases[phase]) for r in results)
+        summary[contender] = row
+    return summary
+
+
+def table(summary: dict[str, dict[str, float]], settings: Settings, runs: int) -> str:
+    lines = [
+        f"B = {settings.queries} queries × G = {settings.group}, max_new_tokens = "
+        f"{settings.max_new_tokens}, {settings.steps} measured steps after 1 warm-up, "
+        f"median of {runs} runs, {settings.threads} torch threads",
+        "",
+        "| contender | step (s), median [min–max] | samples/step | samples/s | tokens/s "
+        "| peak RSS (MiB) | phases (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for contender, row in summary.items():
+        phases = ", ".join(
+            f"{k[:-2]} {row[k]:.2f}"
+            for k in ("rollout_s", "update_s", "generate_s", "reward_s")
+            if k in row
+        )
+        lines.append(
+            f"| {contender} | {row['step_s']:.2f} [{row['step_s_min']:.2f}–{row['step_s_max']:.2f}]"
+            f" | {row['samples_per_step']:.0f} | {row['samples_per_s']:.1f} "
+            f"| {row['tokens_per_s']:.0f} | {row['peak_rss_mb']:.0f} | {phases} |"
+        )
+    lines.append("")
+    if "grpo" in summary:
+        grpo = summary["grpo"]
+        if "trl" in summary:
+            ratio = grpo["samples_per_s"] / summary["trl"]["samples_per_s"]
+            lines.append(f"- grpo / TRL samples/s: {ratio:.2f}× (target ≥ 1.3×)")
+            ratio = grpo["tokens_per_s"] / summary["trl"]["tokens_per_s"]
+            lines.append(f"- grpo / TRL tokens/s: {ratio:.2f}×")
+        if "floor" in summary:
+            ratio = grpo["step_s"] / summary["floor"]["step_s"]
+            lines.append(f"- grpo step / floor step: {ratio:.2f}× (target ≤ 1.25×)")
+            ratio = summary["floor"]["tokens_per_s"] / grpo["tokens_per_s"]
+            lines.append(f"- floor / grpo tokens/s: {ratio:.2f}×")
+        if "icrl" in summary:
+            ratio = summary["icrl"]["step_s"] / grpo["step_s"]
+            lines.append(
+                f"- icrl step / grpo step at {settings.queries} queries: {ratio:.2f}× "
+                f"({summary['icrl']['samples_per_step']:.0f} vs "
+                f"{grpo['samples_per_step']:.0f} samples a step)"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
+    parser.add_argument("--runs", type=int, default=3, help="Runs per contender (median).")
+    parser.add_argument("--steps", type=int, default=Settings.steps, help="Measured steps a run.")
+    parser.add_argument("--queries", type=int, default=Settings.queries, help="B.")
+    parser.add_argument("--group", type=int, default=Settings.group, help="G.")
+    parser.add_argument("--max-new-tokens", type=int, default=Settings.max_new_tokens)
+    parser.add_argument("--threads", type=int, default=Settings.threads, help="torch threads.")
+    parser.add_argument("--model", default=Settings.model, help="Model name or directory.")
+    parser.add_argument("--out", type=Path, default=Path("bench/out/throughput.json"))
+    parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--settings", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        result = worker(args.worker, Settings(**json.loads(args.settings)))
+        print(json.dumps(asdict(result)))
+        return
+    settings = Settings(
+        queries=args.queries,
+        group=args.group,
+        max_new_tokens=args.max_new_tokens,
+        steps=args.steps,
+        threads=args.threads,
+        model=args.model,
+    )
+    started = time.perf_counter()
+    runs: dict[str, list[RunResult]] = {c: [] for c in args.contenders}
+    for round_ in range(args.runs):
+        shift = round_ % len(args.contenders)
+        for contender in args.contenders[shift:] + args.contenders[:shift]:
+            result = launch(contender, settings)
+            runs[contender].append(result)
+            rates = result.rates()
+            print(
+                f"[{time.perf_counter() - started:5.0f} s] run {round_ + 1} {contender}: "
+                f"{rates['step_s']:.2f} s/step, {rates['samples_per_s']:.1f} samples/s, "
+                f"peak RSS {result.peak_rss_mb:.0f} MiB",
+                flush=True,
+            )
+    summary = summarise(runs)
+    text = table(summary, settings, args.runs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "settings": asdict(settings),
+                "summary": summary,
+                "runs": {c: [asdict(r) for r in rs] for c, rs in runs.items()},
+                "elapsed_s": time.perf_counter() - started,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
