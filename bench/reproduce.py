@@ -304,16 +304,10 @@ def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> list
             ax.plot(steps, [p[0] for _, p in points], marker="o", label=config)
             ax.fill_between(steps, [p[2] for _, p in points], [p[3] for _, p in points], alpha=0.2)
         seeds = len(block["plan"]["seeds"])
-        ax.set(
-            xlabel="training step",
-            ylabel="critique-free success (held-out)",
-            title=f"{preset}: mean of {seeds} seed(s), band = min..max",
+        title = f"{preset}: mean of {seeds} seed(s), band = min..max"
+        written.append(
+            save(fig, ax, "critique-free success (held-out)", title, out, preset, "success")
         )
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(out / f"{preset}-success.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
 
         fig, ax = plt.subplots(figsize=(6, 4))
         for config in block["configs"]:
@@ -328,17 +322,21 @@ def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> list
             if any(m == m for m in means):  # NaN != NaN: skip configurations without revisions
                 ax.plot(steps, means, label=config)
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.set(
-            xlabel="training step",
-            ylabel="calib/w_mean_revision",
-            title=f"{preset}: mean calibration weight on revisions (seed mean)",
-        )
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(out / f"{preset}-w_revision.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        title = f"{preset}: mean calibration weight on revisions (seed mean)"
+        written.append(save(fig, ax, "calib/w_mean_revision", title, out, preset, "w_revision"))
     return written
+
+
+def save(fig: Any, ax: Any, ylabel: str, title: str, out: Path, preset: str, name: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.set(xlabel="training step", ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / f"{preset}-{name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def summarise(
