@@ -42,6 +42,14 @@ class Sample:
     def success(self) -> bool:
         return self.reward == 1.0
 
+    @property
+    def completion_tokens(self) -> int:
+        """Tokens the model generated: the loss-masked response tokens (an episode's
+        observations are not generated), or for a critique from a remote server, whose token
+        ids never reach us, the count the server reported."""
+        reported = self.metadata.get("completion_tokens")
+        return int(reported) if reported is not None else sum(self.loss_mask)
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready view for samples/step-N.jsonl: texts and numbers, not token lists."""
         record = asdict(self)

@@ -3,7 +3,9 @@
 Each round's generation is one batch across every open session of every query in the step.
 GRPO is the special case of one round and no critic. Every solver sample carries the
 critique-free prompt as its training context and the prompt it was sampled under as its
-behavior context (they differ only for revisions).
+behavior context (they differ only for revisions). Round 1 (``open_sessions``) and the rounds
+after it (``continue_sessions``) are separate steps of ``run_sessions`` so that `icrl
+critique-compare` can hand the same first attempts to several critics.
 """
 
 from __future__ import annotations
@@ -77,6 +79,20 @@ class Critic(Protocol):
         ...
 
 
+def critic_sample(task: Task, attempt: Sample, critique: str, **fields: Any) -> Sample:
+    """The critic's sample for its critique of ``attempt``; ``fields`` hold what it generated
+    (its tokens, text, trainability). Its reward is set once the next attempt is scored."""
+    metadata = {"critique": critique, "reward_before": attempt.reward, **fields.pop("metadata", {})}
+    return Sample(
+        query_id=task.id,
+        session=attempt.session,
+        round=attempt.round,
+        role="critic",
+        metadata=metadata,
+        **fields,
+    )
+
+
 class ModelCritic:
     """A language model in the critic role: the policy itself ('self') or a frozen second model."""
 
@@ -112,11 +128,10 @@ class ModelCritic:
         for (task, attempt), prompt, out in zip(attempts, prompts, outputs, strict=True):
             text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
             critique = parse_critique(text, self.prompts.critique_tag)
-            sample = Sample(
-                query_id=task.id,
-                session=attempt.session,
-                round=attempt.round,
-                role="critic",
+            sample = critic_sample(
+                task,
+                attempt,
+                critique,
                 prompt_ids=prompt,
                 behavior_prompt_ids=prompt,
                 response_ids=out.token_ids,
@@ -124,7 +139,6 @@ class ModelCritic:
                 behavior_logprobs=out.logprobs,
                 text=text,
                 finish_reason=out.finish_reason,
-                metadata={"critique": critique, "reward_before": attempt.reward},
                 trainable=self.trainable,
             )
             results.append((critique, sample))
@@ -146,12 +160,14 @@ class RuleCritic:
 
 
 @dataclass
-class _Session:
+class Session:
+    """One of the G sessions of a query: its task, its latest attempt and the critique the next
+    attempt will see."""
+
     task: Task  # for a multi-turn task, its prompt is the episode's opening once started
     index: int
     last: Sample | None = None
     critique: str | None = None
-    pending_critic: Sample | None = None
 
     def attempt(
         self,
@@ -183,7 +199,7 @@ class _Session:
 def _solver_prompts(
     tokenizer: PreTrainedTokenizerBase,
     env: Environment,
-    sessions: list[_Session],
+    sessions: list[Session],
     settings: SessionSettings,
     prompts: Prompts,
 ) -> tuple[dict[str, list[int]], list[list[int]]]:
@@ -207,7 +223,7 @@ def _single_step_round(
     backend: GenerationBackend,
     tokenizer: PreTrainedTokenizerBase,
     env: Environment,
-    sessions: list[_Session],
+    sessions: list[Session],
     round_: int,
     settings: SessionSettings,
     prompts: Prompts,
@@ -242,7 +258,7 @@ def _multi_turn_round(
     backend: GenerationBackend,
     tokenizer: PreTrainedTokenizerBase,
     env: Environment,
-    sessions: list[_Session],
+    sessions: list[Session],
     round_: int,
     settings: SessionSettings,
     prompts: Prompts,
@@ -289,13 +305,73 @@ def _solver_round(
     backend: GenerationBackend,
     tokenizer: PreTrainedTokenizerBase,
     env: Environment,
-    sessions: list[_Session],
+    sessions: list[Session],
     round_: int,
     settings: SessionSettings,
     prompts: Prompts,
 ) -> list[Sample]:
     play_round = _multi_turn_round if env.multi_turn else _single_step_round
     return play_round(backend, tokenizer, env, sessions, round_, settings, prompts)
+
+
+def open_sessions(
+    backend: GenerationBackend,
+    tokenizer: PreTrainedTokenizerBase,
+    env: Environment,
+    queries: Sequence[Task],
+    settings: SessionSettings,
+    prompts: Prompts,
+) -> list[Session]:
+    """Round 1 of G sessions per query: each session holds its critique-free attempt."""
+    sessions = [Session(q, j) for q in queries for j in range(settings.sessions_per_query)]
+    attempts = _solver_round(backend, tokenizer, env, sessions, 1, settings, prompts)
+    for session, attempt in zip(sessions, attempts, strict=True):
+        session.last = attempt
+    return sessions
+
+
+def continue_sessions(
+    backend: GenerationBackend,
+    tokenizer: PreTrainedTokenizerBase,
+    env: Environment,
+    sessions: Sequence[Session],
+    settings: SessionSettings,
+    prompts: Prompts,
+    critic: Critic,
+) -> list[Sample]:
+    """Rounds 2…K after round 1: the critiques and revisions, in the order they were made.
+
+    The given sessions are not changed (each is copied), so one set of round-1 attempts can be
+    continued by several critics in turn (`icrl critique-compare`)."""
+    sessions = [replace(s) for s in sessions]
+    samples: list[Sample] = []
+    for round_ in range(2, settings.max_rounds + 1):
+        active = [
+            s
+            for s in sessions
+            if s.last is not None
+            and not is_failed(s.last)
+            and (settings.gate == "ungated" or not s.last.success)
+        ]
+        if not active:
+            break
+        critiques = critic.critique(env, [(s.task, s.last) for s in active])
+        for session, (text, critic_sample) in zip(active, critiques, strict=True):
+            session.critique = text
+            if critic_sample is not None:
+                samples.append(critic_sample)
+        attempts = _solver_round(backend, tokenizer, env, active, round_, settings, prompts)
+        for session, (_, critic_sample), attempt in zip(active, critiques, attempts, strict=True):
+            if critic_sample is not None:
+                critic_sample.reward = critic_reward(
+                    session.last.reward, attempt.reward, settings.critic_reward
+                )
+                if is_failed(attempt):  # the critique's effect was never measured
+                    critic_sample.trainable = False
+                    critic_sample.metadata["unmeasured"] = True
+            session.last = attempt
+            samples.append(attempt)
+    return samples
 
 
 def run_sessions(
@@ -308,36 +384,10 @@ def run_sessions(
     critic: Critic | None = None,
 ) -> list[Sample]:
     """All samples of G sessions per query: attempts, critiques and revisions (Algorithm 1)."""
-    sessions = [_Session(q, j) for q in queries for j in range(settings.sessions_per_query)]
-    rounds = settings.max_rounds if critic is not None else 1
-    samples: list[Sample] = []
-    active = sessions
-    for round_ in range(1, rounds + 1):
-        attempts = _solver_round(backend, tokenizer, env, active, round_, settings, prompts)
-        for session, attempt in zip(active, attempts, strict=True):
-            if session.pending_critic is not None and session.last is not None:
-                session.pending_critic.reward = critic_reward(
-                    session.last.reward, attempt.reward, settings.critic_reward
-                )
-                if is_failed(attempt):  # the critique's effect was never measured
-                    session.pending_critic.trainable = False
-                    session.pending_critic.metadata["unmeasured"] = True
-            session.last = attempt
-            samples.append(attempt)
-        if round_ == rounds or critic is None:
-            break
-        active = [
-            s
-            for s in active
-            if not is_failed(s.last) and (settings.gate == "ungated" or not s.last.success)
-        ]
-        if not active:
-            break
-        critiques = critic.critique(env, [(s.task, s.last) for s in active])
-        for session, (text, critic_sample) in zip(active, critiques, strict=True):
-            session.critique, session.pending_critic = text, critic_sample
-            if critic_sample is not None:
-                samples.append(critic_sample)
+    sessions = open_sessions(backend, tokenizer, env, queries, settings, prompts)
+    samples = [s.last for s in sessions]
+    if critic is not None:
+        samples += continue_sessions(backend, tokenizer, env, sessions, settings, prompts, critic)
     return samples
 
 
@@ -390,7 +440,7 @@ def session_metrics(samples: list[Sample], gate: str) -> dict[str, float | int |
         "solver/success_final": _mean([s.success for s in final.values()]),
         "solver/response_tokens_mean": _mean([len(s.response_ids) for s in solver]),
         "critic/reward_mean": _mean([s.reward for s in critic]),
-        "critic/tokens_mean": _mean([len(s.response_ids) for s in critic]),
+        "critic/tokens_mean": _mean([s.completion_tokens for s in critic]),
         "sessions/revisions": len(revisions),
         "sessions/fix_rate": _mean(after_failure),
         "sessions/break_rate": _mean(after_success) if gate == "ungated" else None,
