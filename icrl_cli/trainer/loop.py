@@ -15,6 +15,7 @@ import resource
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,11 @@ from environments.math import grading
 from icrl_cli.config import RunConfig, to_toml
 from icrl_cli.generation.hf import HFBackend
 from icrl_cli.models import load_model, resolve_model_name
+from icrl_cli.rollout.critics import CriticSpec, make_critic, parse_critic_spec
 from icrl_cli.rollout.prompts import PROMPTS_FILE, Prompts
 from icrl_cli.rollout.samples import Sample
 from icrl_cli.rollout.sessions import (
     Critic,
-    ModelCritic,
-    RuleCritic,
     SessionSettings,
     episode_metrics,
     run_sessions,
@@ -116,32 +116,60 @@ def session_settings(config: RunConfig, max_positions: int | None = None) -> Ses
     )
 
 
+@dataclass
+class Policy:
+    """The model that is trained or measured, with what samples from it and how."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    backend: HFBackend
+    prompts: Prompts
+    settings: SessionSettings
+
+
+def load_policy(config: RunConfig, source: str | None = None) -> Policy:
+    """``config.model`` (or the weights in ``source``, a checkpoint of it) ready to sample from,
+    with its prompts and ``config``'s session settings."""
+    model_config = config.model
+    model, tokenizer = load_model(
+        source or model_config.name,
+        model_config.device,
+        model_config.dtype,
+        model_config.trust_remote_code,
+    )
+    return Policy(
+        model,
+        tokenizer,
+        HFBackend(model, tokenizer, config.generation.batch_size),
+        Prompts.resolve(config.prompts.model_dump(), resolve_model_name(model_config.name)),
+        session_settings(config, getattr(model.config, "max_position_embeddings", None)),
+    )
+
+
 def build_critic(
     config: RunConfig,
     backend: HFBackend,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Prompts,
     settings: SessionSettings,
+    spec: CriticSpec | None = None,
 ) -> Critic | None:
-    """None for GRPO; the policy itself, the rule critic, or a frozen second model."""
-    algo = config.algo
-    if algo.name == "grpo":
+    """None for GRPO; otherwise the critic ``spec`` names (by default ``algo.critic``; see
+    ``rollout.critics``), loaded with the run's model and generation settings."""
+    if config.algo.name == "grpo":
         return None
-    if algo.critic == "self":
-        return ModelCritic(backend, tokenizer, prompts, settings, trainable=algo.train_critic)
-    if algo.critic == "rule":
-        return RuleCritic(prompts)
-    critic_model, critic_tokenizer = load_model(
-        algo.critic, config.model.device, config.model.dtype, config.model.trust_remote_code
-    )
-    critic_model.eval().requires_grad_(False)
-    critic_prompts = Prompts.resolve(config.prompts.model_dump(), resolve_model_name(algo.critic))
-    return ModelCritic(
-        HFBackend(critic_model, critic_tokenizer, config.generation.batch_size),
-        critic_tokenizer,
-        critic_prompts,
+    return make_critic(
+        spec or parse_critic_spec(config.algo.critic),
+        backend,
+        tokenizer,
+        prompts,
         settings,
-        trainable=False,
+        train_self=config.algo.train_critic,
+        device=config.model.device,
+        dtype=config.model.dtype,
+        trust_remote_code=config.model.trust_remote_code,
+        batch_size=config.generation.batch_size,
+        prompt_overrides=config.prompts.model_dump(),
     )
 
 
@@ -281,10 +309,9 @@ def train(
     (run_dir / "config.toml").write_text(to_toml(config))
     seed_everything(config.train.seed)
     checkpoints = list_checkpoints(run_dir) if resume else []
-    model_source = str(checkpoints[-1]) if checkpoints else config.model.name
-    model, tokenizer = load_model(
-        model_source, config.model.device, config.model.dtype, config.model.trust_remote_code
-    )
+    policy = load_policy(config, str(checkpoints[-1]) if checkpoints else None)
+    model, tokenizer, backend = policy.model, policy.tokenizer, policy.backend
+    prompts, settings = policy.prompts, policy.settings
     ref_model = None
     if config.algo.kl_coef > 0:
         ref_model, _ = load_model(
@@ -301,9 +328,6 @@ def train(
         weight_decay=config.train.weight_decay,
     )
     sampler = QuerySampler(train_tasks, config.train.seed)
-    backend = HFBackend(model, tokenizer, config.generation.batch_size)
-    prompts = Prompts.resolve(config.prompts.model_dump(), resolve_model_name(config.model.name))
-    settings = session_settings(config, getattr(model.config, "max_position_embeddings", None))
     critic = build_critic(config, backend, tokenizer, prompts, settings)
     start_step, skipped_steps, failed_episodes = 0, 0, 0
     metrics_path = run_dir / "metrics.jsonl"
