@@ -47,9 +47,11 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def not_built(command: str, issue: str) -> None:
-    errors.print(f"icrl {command} is not built yet (it arrives with {issue}).")
-    raise typer.Exit(2)
+def flag_overrides(set_: list[str] | None, flags: dict[str, Any]) -> list[str]:
+    """The --set overrides, then a dotted.key=value override for each flag that was given."""
+    overrides = list(set_ or [])
+    overrides += [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
+    return overrides
 
 
 @app.command()
@@ -81,16 +83,16 @@ def train(
     """Train with GRPO, ICRL or Critique-GRPO (default: the tiny model on synthetic math)."""
     from icrl_cli.config import with_overrides
 
-    overrides = list(set_ or [])
-    for key, value in (
-        ("env.name", env),
-        ("model.name", model),
-        ("algo.name", algo),
-        ("train.steps", steps),
-        ("train.seed", seed),
-    ):
-        if value is not None:
-            overrides.append(f"{key}={json.dumps(value)}")
+    overrides = flag_overrides(
+        set_,
+        {
+            "env.name": env,
+            "model.name": model,
+            "algo.name": algo,
+            "train.steps": steps,
+            "train.seed": seed,
+        },
+    )
     if resume is not None:
         if not (resume / "config.toml").is_file():
             raise ConfigError(f"--resume {resume}: no config.toml there (not a run directory)")
@@ -217,58 +219,155 @@ def report(
     console.print(f"wrote {write_report(run_dirs, output)}")
 
 
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+MODEL_HELP = "Model: tiny, a run's final/, a hub id or a directory."
+ENV_HELP = "Environment name (math, household, …)."
+DATA_HELP = "Math data: synthetic (default), gsm8k, math500, a file or hf:REPO."
+SPLIT_HELP = "Split (default: test, else the first eval split, else the only one)."
+CRITIC_HELP = "self, rule, a model id or directory, or http(s)://HOST:PORT/v1#MODEL."
+
+
 @app.command("eval")
 @user_errors
 def eval_(
-    model: Annotated[
-        str, typer.Option(help="Model: tiny, a run's final/, a hub id or a directory.")
-    ],
-    env: Annotated[str, typer.Option(help="Environment name.")] = "math",
-    data: Annotated[
-        str | None,
-        typer.Option(help="Math data: synthetic (default), gsm8k, math500, a file or hf:REPO."),
-    ] = None,
-    split: Annotated[
-        str | None, typer.Option(help="Split to evaluate on (default: test, or the only one).")
-    ] = None,
+    model: Annotated[str, typer.Option(help=MODEL_HELP)],
+    env: Annotated[str, typer.Option(help=ENV_HELP)] = "math",
+    data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
+    split: Annotated[str | None, typer.Option(help=SPLIT_HELP)] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate the first N tasks.")] = None,
+    rounds: Annotated[
+        int, typer.Option(help="Attempts per session; after round 1 the critic's tips are read.")
+    ] = 1,
+    critic: Annotated[str, typer.Option(help=f"Who critiques: {CRITIC_HELP}")] = "self",
+    gate: Annotated[
+        str, typer.Option(help="oracle (critique failed attempts only) or ungated.")
+    ] = "oracle",
+    samples: Annotated[int, typer.Option(help="k sessions per task (pass@k).")] = 1,
     output: Annotated[Path | None, typer.Option(help="Write the result as JSON here.")] = None,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 1.0,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 512,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Critique-free success of one attempt per task (success_round1)."""
-    from icrl_cli.evaluation.evaluate import evaluate
+    """Critique-free success and pass@k; with --rounds R, success after each round of critique."""
+    from icrl_cli.evaluation.evaluate import default_split, eval_tables, evaluate
     from icrl_cli.trainer.loop import make_environment
 
     environment = make_environment(env, data, {})
-    if split is None:
-        splits = environment.splits()
-        split = "test" if "test" in splits else splits[0]
-    label = data or "default"
+    split = split or default_split(environment)
     result = evaluate(
-        model, environment, env, label, split, limit, max_new_tokens, temperature, seed
+        model,
+        environment,
+        env,
+        data or "default",
+        split,
+        limit,
+        max_new_tokens,
+        temperature,
+        seed,
+        rounds=rounds,
+        critic=critic,
+        gate=gate,
+        samples=samples,
     )
-    table = Table("metric", "value", title=f"{model} on {env}:{label} ({split}, n={result.n})")
-    table.add_row("success_round1", f"{result.success_round1:.3f}")
-    table.add_row("reward_mean", f"{result.reward_mean:.3f}")
-    table.add_row("response_tokens_mean", f"{result.response_tokens_mean:.1f}")
-    console.print(table)
+    for table in eval_tables(result):
+        console.print(table)
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        write_json(output, result.to_json())
 
 
 @app.command()
-def rollout() -> None:
-    """Run sessions without training and dump every sample as JSON lines (not built yet)."""
-    not_built("rollout", "the measuring issue")
+@user_errors
+def rollout(
+    preset: Annotated[
+        str | None, typer.Option(help=f"Preset name or TOML path (default {DEFAULT_PRESET}).")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    env: Annotated[str | None, typer.Option(help="Environment name (env.name).")] = None,
+    algo: Annotated[str | None, typer.Option(help="grpo | icrl | critique-grpo.")] = None,
+    n: Annotated[int, typer.Option(help="Queries; each gets G sessions.")] = 4,
+    split: Annotated[str | None, typer.Option(help="Split (default: env.train_split).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (train.seed).")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override any config key, as in icrl train (repeatable)."),
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="Write JSON lines here.")] = None,
+    format_: Annotated[
+        str, typer.Option("--format", help="jsonl, or pretty (rich panels on screen).")
+    ] = "jsonl",
+) -> None:
+    """A training step's sessions without the update: samples, rewards, advantages, weights."""
+    from icrl_cli.evaluation.dump import print_pretty, rollout, write_jsonl
+
+    if format_ not in ("jsonl", "pretty"):
+        raise ConfigError(f"--format must be jsonl or pretty, not '{format_}'")
+    overrides = flag_overrides(
+        set_, {"env.name": env, "model.name": model, "algo.name": algo, "train.seed": seed}
+    )
+    records = rollout(resolve(preset or DEFAULT_PRESET, overrides), n, split)
+    if output is not None:
+        write_jsonl(records, output)
+        errors.print(f"wrote {len(records)} samples to {output}")
+    if format_ == "pretty":
+        print_pretty(records, console)
+    elif output is None:
+        for record in records:
+            print(json.dumps(record.to_json()))
 
 
 @app.command("critique-compare")
-def critique_compare() -> None:
-    """Compare critics by the fixes they bring and the tokens they spend (not built yet)."""
-    not_built("critique-compare", "the measuring issue")
+@user_errors
+def critique_compare(
+    model: Annotated[str, typer.Option(help="The solver. " + MODEL_HELP)],
+    critic: Annotated[
+        list[str] | None, typer.Option(help=f"NAME=SPEC, repeatable; SPEC is {CRITIC_HELP}")
+    ] = None,
+    env: Annotated[str, typer.Option(help=ENV_HELP)] = "math",
+    data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
+    split: Annotated[str | None, typer.Option(help=SPLIT_HELP)] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="The first N tasks.")] = None,
+    rounds: Annotated[int, typer.Option(help="Attempts per session (at least 2).")] = 2,
+    gate: Annotated[
+        str, typer.Option(help="oracle (critique failed attempts only) or ungated.")
+    ] = "oracle",
+    samples: Annotated[int, typer.Option(help="Sessions per task.")] = 1,
+    output: Annotated[
+        Path | None, typer.Option(help="Write the result as JSON here, and a bar chart beside it.")
+    ] = None,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 512,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Critics on the same attempts: fix and break rates, Δ success, critique tokens, time."""
+    from icrl_cli.evaluation.compare import compare_critics, compare_table, plot_comparison
+    from icrl_cli.evaluation.evaluate import default_split
+    from icrl_cli.trainer.loop import make_environment
+
+    environment = make_environment(env, data, {})
+    result = compare_critics(
+        model,
+        environment,
+        env,
+        data or "default",
+        split or default_split(environment),
+        critic or [],
+        limit,
+        rounds,
+        gate,
+        samples,
+        max_new_tokens,
+        temperature,
+        seed,
+    )
+    console.print(compare_table(result))
+    if output is not None:
+        write_json(output, result.to_json())
+        plot_comparison(result, output.with_suffix(".png"))
+        errors.print(f"wrote {output} and {output.with_suffix('.png')}")
 
 
 def main() -> None:

@@ -18,13 +18,6 @@ def test_help_lists_the_subcommands():
         assert command in result.output
 
 
-@pytest.mark.parametrize("command", ["rollout", "critique-compare"])
-def test_commands_not_built_yet_say_so_and_exit_2(command):
-    result = runner.invoke(app, [command])
-    assert result.exit_code == 2
-    assert "not built yet" in result.output
-
-
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

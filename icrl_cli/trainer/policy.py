@@ -97,19 +97,30 @@ def response_logprobs(
     return logprobs, entropy
 
 
+@torch.no_grad()
+def context_logprobs(
+    model: PreTrainedModel, samples: list[Sample], pad_id: int, micro_batch_size: int
+) -> list[list[float]]:
+    """log π(y_t | prompt_ids, y_<t) of every response token of each sample, in micro-batches
+    and without gradients."""
+    result: list[list[float]] = []
+    for start in range(0, len(samples), micro_batch_size):
+        chunk = samples[start : start + micro_batch_size]
+        logprobs, _ = response_logprobs(model, collate(chunk, pad_id, model.device))
+        result += [logprobs[row, : len(s.response_ids)].tolist() for row, s in enumerate(chunk)]
+    return result
+
+
 def recompute_behavior_logprobs(
     model: PreTrainedModel, samples: list[Sample], pad_id: int, micro_batch_size: int
 ) -> None:
     """Replace each revision's engine log-probs with a trainer forward under its behavior
     (critique-conditioned) prompt, at the same weights (``algo.behavior_logprobs=recompute``)."""
     revisions = [s for s in samples if s.behavior_prompt_ids != s.prompt_ids]
-    with torch.no_grad():
-        for start in range(0, len(revisions), micro_batch_size):
-            chunk = revisions[start : start + micro_batch_size]
-            as_sampled = [replace(s, prompt_ids=s.behavior_prompt_ids) for s in chunk]
-            logprobs, _ = response_logprobs(model, collate(as_sampled, pad_id, model.device))
-            for row, s in enumerate(chunk):
-                s.behavior_logprobs = logprobs[row, : len(s.response_ids)].tolist()
+    as_sampled = [replace(s, prompt_ids=s.behavior_prompt_ids) for s in revisions]
+    recomputed = context_logprobs(model, as_sampled, pad_id, micro_batch_size)
+    for s, logprobs in zip(revisions, recomputed, strict=True):
+        s.behavior_logprobs = logprobs
 
 
 @dataclass

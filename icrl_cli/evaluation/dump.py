@@ -1,0 +1,167 @@
+"""`icrl rollout`: one training step's sessions without the update, every sample written out
+with what training would have made of it (reward, advantage, calibration weights)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.rule import Rule
+from rich.text import Text
+
+from environments import EnvError
+from icrl_cli.config import RunConfig
+from icrl_cli.evaluation.evaluate import require_positive
+from icrl_cli.rollout.samples import Sample
+from icrl_cli.rollout.sessions import run_sessions
+from icrl_cli.trainer.algorithms import calibration_weights
+from icrl_cli.trainer.loop import (
+    QuerySampler,
+    build_critic,
+    load_policy,
+    make_environment,
+    seed_everything,
+    training_batch,
+)
+from icrl_cli.trainer.policy import context_logprobs, recompute_behavior_logprobs
+
+
+@dataclass
+class RolloutRecord:
+    """One sample as `icrl rollout` writes it: the sample's JSON view (texts, reward, advantage,
+    metadata), the prompts decoded, whether it enters the loss, and for a revision the token_tis
+    weight of each response token (None on an episode's observation tokens)."""
+
+    sample: dict[str, Any]
+    prompt: str  # the training context: critique-free for every solver sample
+    behavior_prompt: str | None  # the context it was sampled under, where that differs
+    in_loss: bool
+    calibration_weights: list[float | None] | None
+    calibration_weight_mean: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.sample,
+            "in_loss": self.in_loss,
+            "calibration_weight_mean": self.calibration_weight_mean,
+            "calibration_weights": self.calibration_weights,
+            "prompt": self.prompt,
+            "behavior_prompt": self.behavior_prompt,
+        }
+
+
+def revision_weights(
+    samples: list[Sample], critique_free_logprobs: list[list[float]], w_min: float, w_max: float
+) -> list[list[float | None]]:
+    """Eq. 4's w_t = clamp(π_old(y_t | q) / μ(y_t | q, critique), w_min, w_max) per response
+    token of each revision; None where the token was not generated (loss mask 0)."""
+    weights = []
+    for s, old in zip(samples, critique_free_logprobs, strict=True):
+        w = calibration_weights(torch.tensor(old), torch.tensor(s.behavior_logprobs), w_min, w_max)
+        weights.append(
+            [value if kept else None for value, kept in zip(w.tolist(), s.loss_mask, strict=True)]
+        )
+    return weights
+
+
+def session_order(samples: list[Sample]) -> list[Sample]:
+    """Samples by query (in the order queried), session and round; a critique after the attempt
+    it read."""
+    queries = {q: i for i, q in enumerate(dict.fromkeys(s.query_id for s in samples))}
+    return sorted(
+        samples, key=lambda s: (queries[s.query_id], s.session, s.round, s.role == "critic")
+    )
+
+
+def rollout(config: RunConfig, n: int, split: str | None = None) -> list[RolloutRecord]:
+    """The sessions of ``n`` queries drawn as training's first step draws them (same seed, same
+    sampler, G sessions each, the run's critic and settings), with their advantages and the
+    revisions' calibration weights computed as the update would."""
+    require_positive(n=n)
+    env = make_environment(config.env.name, config.env.data, config.env.options)
+    split = split or config.env.train_split
+    tasks = list(env.tasks(split))
+    if not tasks:
+        raise EnvError(f"split '{split}' of {config.env.name} has no tasks")
+    seed_everything(config.train.seed)
+    policy = load_policy(config)
+    critic = build_critic(config, policy.backend, policy.tokenizer, policy.prompts, policy.settings)
+    queries = QuerySampler(tasks, config.train.seed).next(n)
+    samples = run_sessions(
+        policy.backend, policy.tokenizer, env, queries, policy.settings, policy.prompts, critic
+    )
+    batch = training_batch(samples, config)
+    pad_id, micro = policy.tokenizer.pad_token_id, config.train.micro_batch_size
+    if config.algo.behavior_logprobs == "recompute":
+        recompute_behavior_logprobs(policy.model, batch, pad_id, micro)
+    revisions = [s for s in batch if s.is_revision]
+    old = context_logprobs(policy.model, revisions, pad_id, micro)
+    per_revision = revision_weights(revisions, old, config.algo.w_min, config.algo.w_max)
+    weights = dict(zip(map(id, revisions), per_revision, strict=True))
+    in_loss = {id(s) for s in batch}
+    decode = policy.tokenizer.decode
+    records = []
+    for s in session_order(samples):
+        w = weights.get(id(s))
+        kept = [v for v in w if v is not None] if w is not None else []
+        records.append(
+            RolloutRecord(
+                sample=s.to_json(),
+                prompt=decode(s.prompt_ids),
+                behavior_prompt=(
+                    decode(s.behavior_prompt_ids) if s.behavior_prompt_ids != s.prompt_ids else None
+                ),
+                in_loss=id(s) in in_loss,
+                calibration_weights=w,
+                calibration_weight_mean=sum(kept) / len(kept) if kept else None,
+            )
+        )
+    return records
+
+
+def write_jsonl(records: Iterable[RolloutRecord], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for record in records:
+            f.write(json.dumps(record.to_json()) + "\n")
+
+
+def print_pretty(records: list[RolloutRecord], console: Console) -> None:
+    """Each query under a rule, then its sessions' turns: solver attempts in cyan, critiques
+    in magenta. Model text is printed as text, never read as markup."""
+    query = None
+    for record in records:
+        s = record.sample
+        if s["query_id"] != query:
+            query = s["query_id"]
+            console.print(Rule(Text(f"query {query}")))
+        solver = s["role"] == "solver"
+        kind = ("revision" if s["round"] > 1 else "attempt") if solver else "critique"
+        title = f"session {s['session']} · round {s['round']} · {s['role']} {kind}"
+        facts = [f"reward {s['reward']:g}", f"advantage {s['advantage']:+.3f}"]
+        if record.calibration_weight_mean is not None:
+            facts.append(f"w̄ {record.calibration_weight_mean:.3f}")
+        if not record.in_loss:
+            facts.append("not in the loss")
+        body: list[Text] = []
+        if solver and s["metadata"].get("critique") is not None:
+            body.append(Text(f"critique read: {s['metadata']['critique']}", style="magenta"))
+        if not solver:
+            body.append(Text(f"critique: {s['metadata']['critique']}", style="bold"))
+        body.append(Text(s["text"]))
+        console.print(
+            Panel(
+                Group(*body),
+                title=Text(title),
+                subtitle=Text(" · ".join(facts)),
+                border_style="cyan" if solver else "magenta",
+                title_align="left",
+                subtitle_align="right",
+            )
+        )
