@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from icrl_cli.generation.hf import HFBackend
+from icrl_cli.generation.hf import HFBackend, nucleus_filter
 from icrl_cli.rollout.samples import Sample
 from icrl_cli.trainer.policy import collate, response_logprobs
 
@@ -80,6 +80,32 @@ def test_sampling_is_not_truncated_to_the_top_k(random_tiny):
     full = torch.log_softmax(logits, -1)
     for o in outs:
         assert o.logprobs == pytest.approx(full[o.token_ids].tolist(), abs=1e-4)
+
+
+def test_rows_that_stop_early_leave_the_batch_without_disturbing_the_others(random_tiny):
+    """EOS made likely: rows stop at different steps and leave the batch and its KV cache; every
+    response's log-probs must still be those of a full forward of its own prompt."""
+    model, tokenizer = random_tiny
+    prompts = _prompts(tokenizer) * 4
+    hook = _bias_token(model, tokenizer.eos_token_id, 4.0)
+    torch.manual_seed(5)
+    outs = HFBackend(model, tokenizer).generate(prompts, max_new_tokens=10)
+    lengths = {len(o.token_ids) for o in outs}
+    for prompt, out in zip(prompts, outs, strict=True):
+        assert out.logprobs == pytest.approx(
+            _full_forward_logprobs(model, prompt, out.token_ids), abs=1e-4
+        )
+    hook.remove()
+    assert len(lengths) >= 3
+
+
+def test_nucleus_keeps_the_smallest_set_that_reaches_top_p():
+    scores = torch.tensor([[0.2, 0.5, 0.3]]).log()
+    kept = nucleus_filter(scores, 0.75).isfinite()
+    assert kept.tolist() == [[False, True, True]]
+    kept = nucleus_filter(scores, 0.45).isfinite()
+    assert kept.tolist() == [[False, True, False]]
+    assert nucleus_filter(scores, 1.0).isfinite().all()
 
 
 def test_stops_at_eos_or_at_the_token_budget(random_tiny):

@@ -1,9 +1,18 @@
-"""The transformers backend: batched, KV-cached ``generate`` on the trainer's own model."""
+"""The transformers backend: batched, KV-cached sampling on the trainer's own model.
+
+The decoding loop is our own rather than ``generate``: a row leaves the batch (and its KV cache)
+the step it samples a stop token, so a batch costs the sum of its responses' lengths rather than
+rows × the longest response. Sampling is plain softmax sampling at the temperature, with optional
+nucleus (top-p) filtering and nothing else: no top-k and none of a model's own generation
+defaults, so that the returned log-probs describe the distribution the tokens were drawn from.
+"""
 
 from __future__ import annotations
 
+import inspect
+
 import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from icrl_cli.generation.base import Generation
 
@@ -21,6 +30,16 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     return sorted(ids)
 
 
+def nucleus_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``scores`` with every token outside the smallest set whose probability reaches ``top_p``
+    set to -inf (the most likely token always stays)."""
+    ascending, order = torch.sort(scores, dim=-1)
+    mass_below = ascending.softmax(-1).cumsum(-1)
+    drop = mass_below <= 1 - top_p
+    drop[..., -1] = False
+    return scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+
+
 class HFBackend:
     """Samples from the very model object the trainer updates, so weight sync is a no-op."""
 
@@ -34,6 +53,10 @@ class HFBackend:
         self.batch_size = batch_size
         self.pad_id = tokenizer.pad_token_id
         self.stop_ids = stop_token_ids(model, tokenizer)
+        # transformers 5 renamed the forward's KV-cache argument (the old name still works there,
+        # with a deprecation warning); 4.x knows only the old one.
+        parameters = inspect.signature(model.forward).parameters
+        self.cache_arg = "cache" if "cache" in parameters else "past_key_values"
 
     def sync_weights(self) -> None:
         return None
@@ -47,68 +70,96 @@ class HFBackend:
         top_p: float = 1.0,
     ) -> list[Generation]:
         results: list[Generation] = []
-        for start in range(0, len(prompts), self.batch_size):
-            results.extend(
-                self._generate_batch(
-                    prompts[start : start + self.batch_size], max_new_tokens, temperature, top_p
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(prompts), self.batch_size):
+                results.extend(
+                    self._generate_batch(
+                        prompts[start : start + self.batch_size], max_new_tokens, temperature, top_p
+                    )
                 )
-            )
+        finally:
+            self.model.train(was_training)
         return results
+
+    def _next_token_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache,
+    ) -> torch.Tensor:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.cache_arg: cache},
+        )
+        return out.logits[:, -1].float()
 
     def _generate_batch(
         self, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_p: float
     ) -> list[Generation]:
         device = self.model.device
-        width = max(len(p) for p in prompts)
-        # Left padding keeps every prompt's last token in the same column, as generate expects.
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        n, width = len(prompts), max(len(p) for p in prompts)
+        # Left padding keeps every prompt's last token in the same column.
+        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((n, width), dtype=torch.long)
         for row, prompt in enumerate(prompts):
             input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
             attention[row, width - len(prompt) :] = 1
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        # Padding does not count as a position: each prompt starts at 0.
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        logits = self._next_token_logits(input_ids, attention, positions, cache)
+        position = positions[:, -1:] + 1
+        stop = torch.tensor(self.stop_ids, device=device)
         sampling = temperature > 0
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=sampling,
-            temperature=temperature if sampling else None,
-            top_p=top_p if sampling else None,
-            # 0, not None: generate fills a None top_k with its global default of 50, which would
-            # sample from a truncated distribution that the returned log-probs do not describe.
-            top_k=0,
-            eos_token_id=self.stop_ids,
-            pad_token_id=self.pad_id,
-            return_dict_in_generate=True,
-            output_logits=True,
-        )
-        was_training = self.model.training
-        self.model.eval()
-        out = self.model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention.to(device),
-            generation_config=config,
-        )
-        self.model.train(was_training)
-        new_tokens = out.sequences[:, width:].cpu()
-        # Log-probs of the sampling distribution (temperature applied, top-p not: the same
-        # convention as vLLM's logprobs), from the raw logits generate saw at each step.
-        logits = torch.stack(out.logits, dim=1).float()
-        if sampling:
-            logits = logits / temperature
-        logprobs = torch.log_softmax(logits, dim=-1)
-        token_logprobs = logprobs.gather(-1, new_tokens.to(logits.device).unsqueeze(-1))
-        token_logprobs = token_logprobs.squeeze(-1).cpu()
-        stop = torch.tensor(self.stop_ids)
-        results = []
-        for row in range(len(prompts)):
-            tokens = new_tokens[row].tolist()
-            is_stop = torch.isin(new_tokens[row], stop).nonzero()
-            if len(is_stop):
-                end = int(is_stop[0]) + 1
-                finish = "stop"
+        rows = torch.arange(n, device=device)  # the prompt index of each row still decoding
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        logprobs: list[list[float]] = [[] for _ in range(n)]
+        stopped = [False] * n
+        for step in range(max_new_tokens):
+            scores = logits / temperature if sampling else logits
+            # Log-probs of the sampling distribution with the temperature applied and top-p not
+            # (vLLM's convention for its logprobs).
+            logp = torch.log_softmax(scores, dim=-1)
+            if not sampling:
+                token = scores.argmax(-1)
             else:
-                end = len(tokens)
-                finish = "length"
-            results.append(
-                Generation(tokens[:end], token_logprobs[row, :end].tolist(), finish_reason=finish)
-            )
-        return results
+                if top_p < 1.0:
+                    scores = nucleus_filter(scores, top_p)
+                token = torch.multinomial(scores.softmax(-1), 1).squeeze(1)
+            token_logp = logp.gather(1, token.unsqueeze(1)).squeeze(1)
+            ended = torch.isin(token, stop)
+            for row, tok, lp, end in zip(
+                rows.tolist(), token.tolist(), token_logp.tolist(), ended.tolist(), strict=True
+            ):
+                tokens[row].append(tok)
+                logprobs[row].append(lp)
+                stopped[row] = end
+            if step == max_new_tokens - 1:
+                break
+            if bool(ended.any()):
+                keep = (~ended).nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    break
+                # Finished rows leave the batch and the KV cache.
+                cache.batch_select_indices(keep)
+                rows, token, attention, position = (
+                    rows[keep],
+                    token[keep],
+                    attention[keep],
+                    position[keep],
+                )
+            attention = torch.cat([attention, attention.new_ones((len(rows), 1))], dim=1)
+            logits = self._next_token_logits(token.unsqueeze(1), attention, position, cache)
+            position = position + 1
+        return [
+            Generation(t, lp, finish_reason="stop" if s else "length")
+            for t, lp, s in zip(tokens, logprobs, stopped, strict=True)
+        ]
