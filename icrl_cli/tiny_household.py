@@ -3,11 +3,13 @@
 The same few-million-parameter Qwen3 as ``tiny``, with a byte-level BPE tokenizer trained on
 household text (a character tokenizer would make every episode thousands of tokens long; this
 one makes it about 150, and keeps every digit a token of its own, so receptacle numbers are
-copied rather than guessed). It is warm-started on the expert's episodes in all three roles:
-the critique-free solver, the critic (tips on plausible failed episodes, written by the
-environment) and the revision (the expert's episode given such a tip). The expert knows where
-things are and the solver does not, so critique-free success stays low while a tip that names
-a place lifts it: the gap ICRL has to internalise.
+copied rather than guessed). It is warm-started in all three roles on a searching expert, one
+that knows only what it has seen: the critique-free solver looks into the receptacles in the
+order the room lists them until it sees the object, so within the turn budget it finds only
+what lies early in the list. The critic reads a failed episode and writes a tip from what that
+episode saw — where it passed the object by, or where to go on searching — and the revision
+follows the tip. A tip therefore carries what the solver could not know in time, and lifts
+success: the gap ICRL has to internalise.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from transformers import PreTrainedTokenizerFast
 import environments
 from environments import Task, react_action
 from environments.household import HouseholdEnvironment, expert, spec_of
+from environments.household.catalog import CAN_CONTAIN, LAMPS, PICKUPABLE
 from icrl_cli.rollout.episodes import observation_ids, trajectory_summary
 from icrl_cli.rollout.prompts import (
     PROMPTS_FILE,
@@ -40,7 +43,7 @@ from icrl_cli.tiny import (
     wrap_tokenizer,
 )
 
-VERSION = "1"
+VERSION = "2"
 # The household options it is warm-started on: the simplest task type (a 3 to 5 step episode),
 # so that a few minutes of supervised steps on two cores leave a model that acts sensibly.
 OPTIONS: dict[str, object] = {"task_types": ["pick_and_place_simple"]}
@@ -56,7 +59,7 @@ PROMPTS = {
 VOCAB_SIZE = 2048
 MAX_POSITIONS = 2048
 CORPUS_TASKS = 1500
-VALIDATION_SIZE = 16
+VALIDATION_SIZE = 32
 # Session settings of the warm-start's measurements (the tiny-household preset uses the same).
 SETTINGS = SessionSettings(
     sessions_per_query=1,
@@ -68,23 +71,31 @@ SETTINGS = SessionSettings(
     context_tokens=MAX_POSITIONS,
     summary_observation_chars=120,
 )
-# Measured every CHECK_EVERY steps (an episode costs seconds on a CPU, so once, at the end);
-# the warm-start stops once both hold or after MAX_STEPS, keeping what it has
-# (warm_start.json records the numbers either way).
+# Measured every CHECK_EVERY steps (a measurement plays 32 held-out tasks: seconds); the
+# warm-start stops once both hold or after MAX_STEPS, keeping what it has (warm_start.json
+# records the numbers either way). 600 steps take about 8 minutes on two idle cores.
 TARGET_SUCCESS = 0.05
 TARGET_GAP = 0.15
-CHECK_EVERY = 300
-MAX_STEPS = 300
+CHECK_EVERY = 200
+MAX_STEPS = 600
+
+
+def searched(env: HouseholdEnvironment, task: Task, start: str | None = None) -> list[expert.Step]:
+    """The searching expert's steps for ``task``, looking from ``start`` (default: the first
+    receptacle the room lists)."""
+    spec = spec_of(task)
+    world = env.world(spec)
+    return expert.plan(world, spec.goal, start or world.listing()[0])
 
 
 def episode(
     env: HouseholdEnvironment, task: Task, steps: list[expert.Step]
 ) -> tuple[list[tuple[str, str]], float]:
-    """(ReAct turn, observation) for each step played in a fresh episode up to done, and the
-    reward."""
+    """(ReAct turn, observation) for each step played in a fresh episode, up to done or the
+    turn budget of the measurements, and the reward."""
     playing = env.start(task)
     turns, reward = [], 0.0
-    for thought, action in steps:
+    for thought, action in steps[: SETTINGS.max_turns]:
         turn = f"Thought: {thought} Action: {action}"
         result = playing.step(turn)
         turns.append((turn, result.observation))
@@ -94,28 +105,48 @@ def episode(
     return turns, reward
 
 
+def failed_episode(
+    env: HouseholdEnvironment, task: Task, rng: random.Random
+) -> tuple[list[tuple[str, str]], float]:
+    """A failing episode of the kind the solver plays: its own search run out of turns, or
+    the search with one slip (a wrong object, a wrong place, a missed step)."""
+    spec = spec_of(task)
+    world = env.world(spec)
+    played, reward = episode(env, task, searched(env, task))
+    if reward == 1.0 or rng.random() < 0.5:
+        slipped = expert.flawed_steps(world, spec.goal, rng, env.world(spec).listing()[0])
+        played, reward = episode(env, task, slipped)
+    return played, reward
+
+
 def corpus(env: HouseholdEnvironment, tasks: list[Task]) -> list[str]:
-    """Text of the kind the model will read and write: openings, expert and flawed episodes
-    with their observations, and tips."""
+    """Text of the kind the model will read and write: openings, searching and failed
+    episodes with their observations, and tips."""
     rng = random.Random(0)
     texts = []
     for task in tasks:
         spec = spec_of(task)
-        steps = expert.plan(env.world(spec), spec.goal)
-        flawed = expert.flawed_steps(env.world(spec), spec.goal, rng)
-        for played, _ in (episode(env, task, steps), episode(env, task, flawed)):
+        failed, _ = failed_episode(env, task, rng)
+        for played in (episode(env, task, searched(env, task))[0], failed):
             texts.append("\n".join([task.prompt] + [line for turn in played for line in turn]))
-        texts.append(env.critique_demonstration(task, expert.render_steps(flawed)) or "")
+        actions = [react_action(turn) for turn, _ in failed]
+        found = expert.review(env.world(spec), spec.goal, actions, env.max_steps, observed=True)
+        texts.append(found.tip if found else "")
     return texts
 
 
 def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     """Byte-level BPE whose merges may span spaces (household text is formulaic, so whole
-    phrases become single tokens) but never digits or newlines."""
+    phrases become single tokens) but never a digit, a newline or the name of an object or
+    receptacle kind: names stay tokens of their own, so the model copies them from the task
+    and the observations instead of learning a phrase token for every name in every phrase."""
+    names = sorted(set(PICKUPABLE) | set(CAN_CONTAIN) | set(LAMPS), key=len, reverse=True)
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(r"[0-9]|\n"), behavior="isolated"),
+            pre_tokenizers.Split(
+                Regex(r" ?[0-9]|\n| ?\b(?:" + "|".join(names) + r")\b"), behavior="isolated"
+            ),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -163,24 +194,32 @@ def demonstrations(
     eos = [tokenizer.eos_token_id]
     for task in tasks:
         spec = spec_of(task)
-        solved, _ = episode(env, task, expert.plan(env.world(spec), spec.goal))
-        target, mask = episode_target(tokenizer, solved, done=True)
+        # An episode cut at the turn budget ends as a rollout does there: no observation after.
+        played, _ = episode(env, task, searched(env, task))
+        target, mask = episode_target(tokenizer, played, done=True)
         free = encode_prompt(tokenizer, solver_messages(env, task, prompts))
         pairs["solver"].append((free, target))
         masks["solver"].append(mask)
-        flawed, reward = episode(env, task, expert.flawed_steps(env.world(spec), spec.goal, rng))
-        tip = env.critique_demonstration(task, "\n".join(turn for turn, _ in flawed))
-        if tip is None or reward == 1.0:  # a slip the episode recovered from needs no tip
+        failed, reward = failed_episode(env, task, rng)
+        actions = [react_action(turn) for turn, _ in failed]
+        found = expert.review(env.world(spec), spec.goal, actions, env.max_steps, observed=True)
+        if found is None or reward == 1.0:  # a slip the episode recovered from needs no tip
             continue
         summary = trajectory_summary(
-            [(react_action(turn), obs) for turn, obs in flawed], SETTINGS.summary_observation_chars
+            [(action, obs) for action, (_, obs) in zip(actions, failed, strict=True)],
+            SETTINGS.summary_observation_chars,
         )
         critic_prompt = encode_prompt(tokenizer, critic_messages(task, summary, 0.0, prompts))
-        critic_target = tokenizer.encode(f"<{tag}>{tip}</{tag}>", add_special_tokens=False) + eos
+        critic_target = (
+            tokenizer.encode(f"<{tag}>{found.tip}</{tag}>", add_special_tokens=False) + eos
+        )
         pairs["critic"].append((critic_prompt, critic_target))
         masks["critic"].append([1] * len(critic_target))
+        tip, start = found.tip, found.search_from
         if rng.random() < 0.2:
-            tip = prompts.rule_failed  # what the rule critic says: no information
+            tip, start = prompts.rule_failed, None  # what the rule critic says: no information
+        revised, _ = episode(env, task, searched(env, task, start))
+        target, mask = episode_target(tokenizer, revised, done=True)
         revision = encode_prompt(tokenizer, solver_messages(env, task, prompts, critique=tip))
         pairs["revision"].append((revision, target))
         masks["revision"].append(mask)
