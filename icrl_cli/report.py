@@ -31,10 +31,11 @@ class Panel:
 
 @dataclass(frozen=True)
 class Plot:
-    """One PNG: its file name, title and the panels overlaid on one axis."""
+    """One PNG: its file name, title, y-axis label and the panels overlaid on one axis."""
 
     name: str
     title: str
+    ylabel: str
     panels: tuple[Panel, ...]
 
 
@@ -42,30 +43,39 @@ PLOTS = (
     Plot(
         "success",
         "Solver success: round 1 (critique-free, solid) and final attempt (dashed)",
+        "success rate",
         (
             Panel("solver/success_round1", "round 1"),
             Panel("solver/success_final", "final", dashed=True),
         ),
     ),
-    Plot("critic_reward", "Critic reward", (Panel("critic/reward_mean", "critic reward"),)),
+    Plot(
+        "critic_reward",
+        "Critic reward",
+        "mean reward",
+        (Panel("critic/reward_mean", "critic reward"),),
+    ),
     Plot(
         "calibration_weight",
         "Mean calibration weight on revision tokens (paper Fig. 4)",
+        "w",
         (Panel("calib/w_mean_revision", "w mean"),),
     ),
     Plot(
         "clip_fraction",
         "Clipped fractions: calibration ratio outside [w_min, w_max] (solid), "
         "policy ratio (dashed)",
+        "fraction of tokens",
         (
             Panel("calib/w_clip_frac", "calibration"),
             Panel("loss/clip_frac", "policy", dashed=True),
         ),
     ),
-    Plot("entropy", "Policy entropy", (Panel("entropy", "entropy"),)),
+    Plot("entropy", "Policy entropy", "nats per token", (Panel("entropy", "entropy"),)),
     Plot(
         "throughput",
         "Throughput (response tokens per second of step time)",
+        "tokens/s",
         (Panel("throughput/tokens_per_s", "tokens/s"),),
     ),
 )
@@ -169,6 +179,7 @@ def draw(plot: Plot, runs: list[Run], path: Path) -> bool:
     # A bare Figure renders with Agg and touches no global pyplot state; imported here so that
     # the command line does not load matplotlib for every command.
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(7, 4), layout="constrained")
     axis = figure.subplots()
@@ -189,6 +200,8 @@ def draw(plot: Plot, runs: list[Run], path: Path) -> bool:
     if not drawn:
         return False
     axis.set_title(plot.title, fontsize=10)
+    axis.set_ylabel(plot.ylabel)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     axis.set_xlabel("step (thin: per step; thick: trailing mean over a tenth of the run)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
