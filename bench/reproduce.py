@@ -203,6 +203,33 @@ def launch_run(job: dict[str, Any]) -> dict[str, Any] | None:
     return read_result(run_dir) if done.returncode == 0 else None
 
 
+def partial_result(job: dict[str, Any], evaluator: Evaluator) -> dict[str, Any] | None:
+    """A run that has not finished (still going, or stopped): its checkpoints so far are
+    evaluated (and kept in ``evals.json``) and its metrics read up to the last step logged."""
+    run_dir, plan = Path(job["run_dir"]), Plan(**job["plan"])
+    steps = [int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*")]
+    if not steps:
+        return None
+    evals: dict[str, float] = read_json(run_dir / "evals.json") or {}
+    for step in sorted(steps):
+        if str(step) not in evals and step % plan.eval_every == 0:
+            evals[str(step)] = evaluator.success(str(run_dir / "checkpoints" / f"step-{step}"))
+            write_json(run_dir / "evals.json", evals)
+    weights = metrics_series(run_dir, "calib/w_mean_revision")
+    return {
+        "preset": job["preset"],
+        "config": job["config"],
+        "seed": job["seed"],
+        "steps": plan.steps,
+        "partial": True,
+        "steps_done": len(weights),
+        "wall_s": None,
+        "success": {int(k): v for k, v in evals.items()},
+        "w_mean_revision": weights,
+        "train_success_round1": metrics_series(run_dir, "solver/success_round1"),
+    }
+
+
 def thread_env(job: dict[str, Any]) -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS=str(job["threads"]))
 
@@ -279,11 +306,15 @@ def markdown(summary: dict[str, Any]) -> str:
             mean, sd, _, _ = points[last]
             best = max(points, key=lambda s: points[s][0])
             per_seed = ", ".join(f"{v:.3f}" for v in row["final_per_seed"])
-            weight = row["w_mean_revision_tail"]
+            weight, wall = row["w_mean_revision_tail"], row["wall_s_mean"]
+            name = config
+            if row["steps_done"] < plan["steps"]:
+                name += f" (unfinished: step {row['steps_done']}, evaluated to {last})"
             lines.append(
-                f"| {config} | {points[0][0]:.3f} | {mean:.3f} ± {sd:.3f} | {per_seed} "
+                f"| {name} | {points[0][0]:.3f} | {mean:.3f} ± {sd:.3f} | {per_seed} "
                 f"| {points[best][0]:.3f} @ {best} "
-                f"| {'–' if weight is None else f'{weight:.3f}'} | {row['wall_s_mean']:.0f} |"
+                f"| {'–' if weight is None else f'{weight:.3f}'} "
+                f"| {'–' if wall is None else f'{wall:.0f}'} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -314,9 +345,10 @@ def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> list
             series = [
                 r["w_mean_revision"] for r in runs if (r["preset"], r["config"]) == (preset, config)
             ]
-            steps = range(1, len(series[0]) + 1)
+            longest = max(map(len, series))
+            steps = range(1, longest + 1)
             means = []
-            for values in zip(*series, strict=True):
+            for values in zip(*(w + [None] * (longest - len(w)) for w in series), strict=True):
                 known = [v for v in values if v is not None]
                 means.append(statistics.fmean(known) if known else float("nan"))
             if any(m == m for m in means):  # NaN != NaN: skip configurations without revisions
@@ -350,12 +382,14 @@ def summarise(
             if not chosen:
                 continue
             weights = [w for w in map(revision_weight, chosen) if w is not None]
+            walls = [r["wall_s"] for r in chosen if r["wall_s"] is not None]
             configs[config] = {
                 "curve": curve(chosen, bases[preset]),
                 "final_per_seed": [r["success"][max(r["success"])] for r in chosen],
                 "seeds": [r["seed"] for r in chosen],
+                "steps_done": min(r.get("steps_done", r["steps"]) for r in chosen),
                 "w_mean_revision_tail": statistics.fmean(weights) if weights else None,
-                "wall_s_mean": statistics.fmean(r["wall_s"] for r in chosen),
+                "wall_s_mean": statistics.fmean(walls) if walls else None,
             }
         presets[preset] = {"plan": vars(plan), "model": models[preset], "configs": configs}
     return {"presets": presets}
@@ -380,6 +414,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run.")
     parser.add_argument(
         "--summarise-only", action="store_true", help="Tabulate the runs already complete."
+    )
+    parser.add_argument(
+        "--include-unfinished",
+        action="store_true",
+        help="Also tabulate runs that have not finished, up to their last checkpoint.",
     )
     parser.add_argument("--out", type=Path, help="Output folder (default bench/out/reproduce…).")
     parser.add_argument("--run", help=argparse.SUPPRESS)
@@ -428,6 +467,13 @@ def main() -> None:
                 )
                 if result is not None:
                     runs.append(result)
+    if args.include_unfinished:
+        evaluators = {preset: Evaluator(preset, plan) for preset, plan in plans.items()}
+        for job in jobs:
+            if read_result(Path(job["run_dir"])) is None:
+                partial = partial_result(job, evaluators[job["preset"]])
+                if partial is not None:
+                    runs.append(partial)
     order = {(j["preset"], j["config"], j["seed"]): i for i, j in enumerate(jobs)}
     runs.sort(key=lambda r: order[(r["preset"], r["config"], r["seed"])])
     summary = summarise(runs, bases, plans, models)

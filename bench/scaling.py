@@ -133,7 +133,7 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=3, help="Measured steps per point.")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads.")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads.")
     parser.add_argument("--out", type=Path, default=Path("bench/out"))
     args = parser.parse_args()
 

@@ -55,7 +55,9 @@ class Settings:
     temperature: float = 1.0
     lr: float = 2e-4
     steps: int = 4
-    threads: int = 2
+    # One thread: on a shared 2-core machine, two OpenMP threads per process spin-wait for each
+    # other whenever another process holds a core, which can make a step several times slower.
+    threads: int = 1
     seed: int = 0
     model: str = "tiny"  # a model name or directory (bench/scaling.py passes untrained ones)
 
