@@ -6,12 +6,12 @@ preset or an override fails loudly instead of silently training with a default.
 
 from __future__ import annotations
 
+import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 CRITIQUE_GRPO_DEFAULTS = {
