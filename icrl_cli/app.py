@@ -229,6 +229,7 @@ ENV_HELP = "Environment name (math, household, …)."
 DATA_HELP = "Math data: synthetic (default), gsm8k, math500, a file or hf:REPO."
 SPLIT_HELP = "Split (default: test, else the first eval split, else the only one)."
 CRITIC_HELP = "self, rule, a model id or directory, or http(s)://HOST:PORT/v1#MODEL."
+CRITIC_BUDGET_HELP = "Tokens per critique (default: algo.critic_max_new_tokens, 1024)."
 
 
 @app.command("eval")
@@ -250,6 +251,9 @@ def eval_(
     output: Annotated[Path | None, typer.Option(help="Write the result as JSON here.")] = None,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 1.0,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 512,
+    critic_max_new_tokens: Annotated[int | None, typer.Option(min=1, help=CRITIC_BUDGET_HELP)] = (
+        None
+    ),
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Critique-free success and pass@k; with --rounds R, success after each round of critique."""
@@ -272,6 +276,7 @@ def eval_(
         critic=critic,
         gate=gate,
         samples=samples,
+        critic_max_new_tokens=critic_max_new_tokens,
     )
     for table in eval_tables(result):
         console.print(table)
@@ -340,6 +345,9 @@ def critique_compare(
     ] = None,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 1.0,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 512,
+    critic_max_new_tokens: Annotated[int | None, typer.Option(min=1, help=CRITIC_BUDGET_HELP)] = (
+        None
+    ),
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Critics on the same attempts: fix and break rates, Δ success, critique tokens, time."""
@@ -362,6 +370,7 @@ def critique_compare(
         max_new_tokens,
         temperature,
         seed,
+        critic_max_new_tokens,
     )
     console.print(compare_table(result))
     if output is not None:

@@ -1,6 +1,8 @@
 """The critic spec: one parser for `algo.critic`, `eval --critic` and `critique-compare`, and
 the critic behind an OpenAI-compatible server, checked against the same model run locally."""
 
+from dataclasses import replace
+
 import pytest
 
 import environments
@@ -100,6 +102,10 @@ def test_a_server_critic_writes_what_the_local_critic_writes(tiny_dir, serve_app
     assert [t for t, _ in over_http] == [t for t, _ in here]
     assert [s.completion_tokens for _, s in over_http] == [len(s.response_ids) for _, s in here]
     assert [s.text for _, s in over_http] == [s.text for _, s in here]
+    # A critique budget the server's context cannot hold fails when the critic is made.
+    too_long = replace(settings, critic_max_new_tokens=1024)
+    with pytest.raises(ModelLoadError, match="maximum context length is 1024 tokens"):
+        make_critic(parse_critic_spec(f"{url}#tiny"), backend, tokenizer, PROMPTS, too_long)
 
 
 def test_a_dead_server_or_unknown_model_fails_when_the_critic_is_made(dead_url, random_tiny):

@@ -121,6 +121,7 @@ def compare_critics(
     max_new_tokens: int = 512,
     temperature: float = 1.0,
     seed: int = 0,
+    critic_max_new_tokens: int | None = None,
 ) -> CompareResult:
     """Round 1 once (seeded), then each critic in turn continues the same sessions, its
     revisions sampled from the same seed (``seed + 1``)."""
@@ -129,7 +130,14 @@ def compare_critics(
     if rounds < 2:
         raise ConfigError("--rounds must be at least 2: a critique is read only by a revision")
     tasks = select_tasks(env, f"{env_name}:{data}", split, limit)
-    config = measurement_config(model_name, rounds, gate, max_new_tokens, temperature)
+    config = measurement_config(
+        model_name,
+        rounds,
+        gate,
+        max_new_tokens,
+        temperature,
+        critic_max_new_tokens=critic_max_new_tokens,
+    )
     policy = load_policy(config)
     backend, tokenizer, prompts = policy.backend, policy.tokenizer, policy.prompts
     settings = replace(policy.settings, sessions_per_query=samples)

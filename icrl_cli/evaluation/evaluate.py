@@ -51,9 +51,12 @@ def measurement_config(
     batch_size: int = 256,
     device: str = "auto",
     enable_thinking: bool = False,
+    critic_max_new_tokens: int | None = None,
 ) -> RunConfig:
     """The run settings a measurement samples under: the defaults of a run, with this model,
-    these rounds and gate, and these generation settings."""
+    these rounds and gate, and these generation settings (the critique budget is the run
+    default, ``algo.critic_max_new_tokens``, unless given)."""
+    budget = {"critic_max_new_tokens": critic_max_new_tokens} if critic_max_new_tokens else {}
     return build_config(
         {
             "model": {"name": model_name, "device": device, "enable_thinking": enable_thinking},
@@ -61,6 +64,7 @@ def measurement_config(
                 "name": "icrl" if rounds > 1 else "grpo",
                 "max_rounds": rounds,
                 "critic_gate": gate,
+                **budget,
             },
             "generation": {
                 "max_new_tokens": max_new_tokens,
@@ -200,6 +204,7 @@ def evaluate(
     critic: str = "self",
     gate: str = "oracle",
     samples: int = 1,
+    critic_max_new_tokens: int | None = None,
 ) -> EvalResult:
     """k = ``samples`` sessions on each of the first ``limit`` tasks of ``split``, each with up
     to ``rounds`` attempts; after a failed attempt (every attempt, ungated) ``critic`` writes a
@@ -208,7 +213,15 @@ def evaluate(
     spec = parse_critic_spec(critic)
     tasks = select_tasks(env, f"{env_name}:{data}", split, limit)
     config = measurement_config(
-        model_name, rounds, gate, max_new_tokens, temperature, batch_size, device, enable_thinking
+        model_name,
+        rounds,
+        gate,
+        max_new_tokens,
+        temperature,
+        batch_size,
+        device,
+        enable_thinking,
+        critic_max_new_tokens,
     )
     policy = load_policy(config)
     settings = replace(policy.settings, sessions_per_query=samples)

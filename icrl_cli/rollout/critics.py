@@ -137,8 +137,9 @@ def make_critic(
     if spec.kind == "http":
         assert spec.url is not None
         client = OpenAIBackend(spec.url, spec.model, enable_thinking=settings.enable_thinking)
-        # One token now, so a wrong URL or model name fails before any attempt is generated.
-        client.chat([[{"role": "user", "content": "ping"}]], max_tokens=1)
+        # A short request at the critique budget now, so a wrong URL, a model the server does
+        # not serve or a budget its context cannot hold fails before any attempt is generated.
+        client.chat([[{"role": "user", "content": "ping"}]], settings.critic_max_new_tokens)
         return HTTPCritic(client, spec.url, prompts, settings)
     from icrl_cli.generation.hf import HFBackend
     from icrl_cli.models import load_model, resolve_model_name
