@@ -72,6 +72,7 @@ class RunResult:
     tokens: list[int]
     peak_rss_mb: float
     phases: dict[str, list[float]] = field(default_factory=dict)  # e.g. generation vs update
+    threads: int = 0  # torch's thread count at the end of the run (a library may change it)
 
     def rates(self) -> dict[str, float]:
         seconds = sum(self.step_s)
@@ -340,12 +341,20 @@ def run_trl(settings: Settings) -> RunResult:
 def worker(contender: str, settings: Settings) -> RunResult:
     import torch
 
+    from environments.math import grading
+
     torch.set_num_threads(settings.threads)
+    # The grader's math-verify process starts on the first answer that is not a plain number;
+    # start it now so that no contender's timed step pays for it.
+    grading.warm_up()
     if contender == "trl":
-        return run_trl(settings)
-    if contender == "floor":
-        return run_floor(settings)
-    return run_icrl(settings, contender)
+        result = run_trl(settings)
+    elif contender == "floor":
+        result = run_floor(settings)
+    else:
+        result = run_icrl(settings, contender)
+    result.threads = torch.get_num_threads()
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
