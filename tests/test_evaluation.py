@@ -6,12 +6,13 @@ import math
 from dataclasses import replace
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import environments
 from icrl_cli.app import app
 from icrl_cli.evaluation.compare import critic_comparison, parse_named_critics
-from icrl_cli.evaluation.dump import revision_weights, session_order
+from icrl_cli.evaluation.dump import response_segments, revision_weights, session_order
 from icrl_cli.evaluation.evaluate import (
     by_task_type,
     default_split,
@@ -55,9 +56,12 @@ class QueueBackend:
         self.tokenizer, self.script, self.prompts = tokenizer, list(script), 0
         self.answers = {t.prompt: t.answer for t in tasks}
 
+    def outcomes(self, n):
+        assert len(self.script[0]) == n
+        return self.script.pop(0)
+
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_p=1.0):
-        outcomes = self.script.pop(0)
-        assert len(outcomes) == len(prompts)
+        outcomes = self.outcomes(len(prompts))
         self.prompts += len(prompts)
         outputs = []
         for prompt, right in zip(prompts, outcomes, strict=True):
@@ -180,6 +184,41 @@ def test_every_critic_continues_the_same_attempts(env, typed_tasks):
     assert (bad.fix_rate, bad.delta_success, bad.success_by_round) == (0.0, 0.0, [0.25, 0.25])
 
 
+class CoinBackend(QueueBackend):
+    """Right or wrong by a coin from torch's generator, as a sampler's draws would be."""
+
+    def outcomes(self, n):
+        return (torch.rand(n) < 0.5).tolist()
+
+
+class DrawingCritic(RuleCritic):
+    """The rule critic, after drawing from torch's generator as a sampling critic does."""
+
+    def critique(self, env, pairs):
+        torch.rand(100)
+        return super().critique(env, pairs)
+
+
+@pytest.mark.parametrize("revision_seed", [0, None])
+def test_revisions_are_sampled_from_one_seed_whatever_the_critic_drew(env, revision_seed):
+    tokenizer = build_tokenizer()
+    tasks = env.tasks("test")[:6]
+    backend = CoinBackend(tokenizer, tasks, [])
+    settings = SessionSettings(sessions_per_query=2, max_rounds=3, gate="ungated")
+    torch.manual_seed(0)
+    sessions = open_sessions(backend, tokenizer, env, tasks, settings, PROMPTS)
+    rewards = []
+    for critic in (RuleCritic(PROMPTS), DrawingCritic(PROMPTS)):
+        torch.manual_seed(1)
+        continued = continue_sessions(
+            backend, tokenizer, env, sessions, settings, PROMPTS, critic, revision_seed
+        )
+        rewards.append([s.reward for s in continued])
+    assert len(rewards[0]) == 24  # 12 sessions revised in rounds 2 and 3
+    # Seeded, both critics' revisions draw the same coins; unseeded, the draws differ.
+    assert (rewards[0] == rewards[1]) == (revision_seed is not None)
+
+
 def test_named_critics_parse_and_reject_bad_items():
     named = parse_named_critics(["a=self", "b=http://127.0.0.1:8000/v1#Qwen3-32B", "c=tiny"])
     assert [(n, s.kind, s.model, s.url) for n, s in named] == [
@@ -196,6 +235,21 @@ def test_revision_weights_by_hand():
     assert w[0] == pytest.approx(math.exp(0.5)) and w[2] == pytest.approx(math.exp(-0.5))
     (clipped,) = revision_weights([sample], [[1.0, 0.0, -2.0]], 0.0, 2.0)
     assert clipped[0] == 2.0 and clipped[2] == pytest.approx(1.0)
+
+
+def test_an_episode_splits_into_what_the_model_wrote_and_what_the_environment_said():
+    tokenizer = build_tokenizer()
+    ids = [tokenizer.encode(t, add_special_tokens=False) for t in ("go", "ok", "x")]
+    response = ids[0] + ids[1] + ids[2]
+    mask = [1] * len(ids[0]) + [0] * len(ids[1]) + [1] * len(ids[2])
+    episode = Sample("q", 0, 1, "solver", [], [], response, mask, [0.0] * len(response))
+    assert response_segments(episode, tokenizer) == [
+        {"by": "model", "text": "go"},
+        {"by": "environment", "text": "ok"},
+        {"by": "model", "text": "x"},
+    ]
+    whole = Sample("q", 0, 1, "solver", [], [], ids[0], [1, 1], [0.0, 0.0])
+    assert response_segments(whole, tokenizer) is None
 
 
 def test_session_order_puts_a_critique_after_the_attempt_it_read():
@@ -245,6 +299,7 @@ def icrl(command: str, *paths):
 def test_eval_with_rounds_samples_and_a_critic(tiny_dir, tmp_path):
     out = tmp_path / "eval.json"
     flags = "--limit 6 --rounds 3 --samples 2 --critic self --max-new-tokens 40 --output"
+    flags = f"--critic-max-new-tokens 24 {flags}"
     result = icrl(f"eval --model tiny {flags}", out)
     assert result.exit_code == 0, result.output
     assert "success after round 3 (oracle-gated)" in result.output
@@ -262,7 +317,8 @@ def test_eval_with_rounds_samples_and_a_critic(tiny_dir, tmp_path):
 def test_critique_compare_writes_a_table_json_and_chart(tiny_dir, tmp_path):
     out = tmp_path / "cc" / "compare.json"
     critics = "--critic self=self --critic rule=rule"
-    result = icrl(f"critique-compare --model tiny {critics} --limit 8 --output", out)
+    budgets = "--max-new-tokens 40 --critic-max-new-tokens 24"
+    result = icrl(f"critique-compare --model tiny {critics} {budgets} --limit 8 --output", out)
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert [c["name"] for c in data["critics"]] == ["self", "rule"]

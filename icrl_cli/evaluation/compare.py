@@ -123,8 +123,8 @@ def compare_critics(
     seed: int = 0,
     critic_max_new_tokens: int | None = None,
 ) -> CompareResult:
-    """Round 1 once (seeded), then each critic in turn continues the same sessions, its
-    revisions sampled from the same seed (``seed + 1``)."""
+    """Round 1 once (seeded), then each critic in turn continues the same sessions; every
+    critic's revisions of round r are sampled from the same seed (``seed + r``)."""
     named = parse_named_critics(critics)
     require_positive(rounds=rounds, samples=samples)
     if rounds < 2:
@@ -165,9 +165,11 @@ def compare_critics(
     )
     attempts = [s.last for s in sessions if s.last is not None]
     for name, spec, critic in built:
-        torch.manual_seed(seed + 1)
+        torch.manual_seed(seed + 1)  # the critic's own sampling, where it samples
         started = time.perf_counter()
-        continued = continue_sessions(backend, tokenizer, env, sessions, settings, prompts, critic)
+        continued = continue_sessions(
+            backend, tokenizer, env, sessions, settings, prompts, critic, revision_seed=seed
+        )
         wall = time.perf_counter() - started
         result.critics.append(
             critic_comparison(name, spec, attempts + continued, rounds, settings.gate, wall)
@@ -180,13 +182,15 @@ def _cell(value: float | None, digits: int = 3) -> str:
 
 
 def compare_table(result: CompareResult) -> Table:
+    """One row a critic; the specs that are not their critic's name go in the caption (a URL
+    would crowd the columns)."""
     first = result.critics[0].success_round1
+    specs = [f"{c.name} = {c.spec}" for c in result.critics if c.spec != c.name]
     table = Table(
         "critic",
-        "spec",
-        "revisions",
-        "fix_rate",
-        "break_rate",
+        "revised",
+        "fix rate",
+        "break rate",
         "Δ success",
         "final",
         "critique tokens",
@@ -196,11 +200,11 @@ def compare_table(result: CompareResult) -> Table:
             f"{result.samples}), {result.rounds} rounds {gate_label(result.gate)}; "
             f"round-1 success {first:.3f}"
         ),
+        caption="; ".join(specs) or None,
     )
     for c in result.critics:
         table.add_row(
             c.name,
-            c.spec,
             str(c.revisions),
             _cell(c.fix_rate),
             _cell(c.break_rate),

@@ -3,6 +3,7 @@ with what training would have made of it (reward, advantage, calibration weights
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from rich.console import Console, Group
 from rich.panel import Panel
 from rich.rule import Rule
 from rich.text import Text
+from transformers import PreTrainedTokenizerBase
 
 from environments import EnvError
 from icrl_cli.config import RunConfig
@@ -44,10 +46,13 @@ class RolloutRecord:
     in_loss: bool
     calibration_weights: list[float | None] | None
     calibration_weight_mean: float | None
+    # A multi-turn episode's response as runs: what the model wrote, what the environment said.
+    segments: list[dict[str, str]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             **self.sample,
+            "segments": self.segments,
             "in_loss": self.in_loss,
             "calibration_weight_mean": self.calibration_weight_mean,
             "calibration_weights": self.calibration_weights,
@@ -68,6 +73,22 @@ def revision_weights(
             [value if kept else None for value, kept in zip(w.tolist(), s.loss_mask, strict=True)]
         )
     return weights
+
+
+def response_segments(
+    sample: Sample, tokenizer: PreTrainedTokenizerBase
+) -> list[dict[str, str]] | None:
+    """The response split where the loss mask changes: runs the model generated (``model``)
+    and the environment's observations between them (``environment``, mask 0); None when the
+    model generated all of it."""
+    if all(sample.loss_mask):
+        return None
+    tokens = zip(sample.response_ids, sample.loss_mask, strict=True)
+    segments = []
+    for generated, run in itertools.groupby(tokens, lambda pair: pair[1]):
+        text = tokenizer.decode([token for token, _ in run], skip_special_tokens=True)
+        segments.append({"by": "model" if generated else "environment", "text": text.strip()})
+    return segments
 
 
 def session_order(samples: list[Sample]) -> list[Sample]:
@@ -120,6 +141,7 @@ def rollout(config: RunConfig, n: int, split: str | None = None) -> list[Rollout
                 in_loss=id(s) in in_loss,
                 calibration_weights=w,
                 calibration_weight_mean=sum(kept) / len(kept) if kept else None,
+                segments=response_segments(s, policy.tokenizer),
             )
         )
     return records
@@ -134,7 +156,8 @@ def write_jsonl(records: Iterable[RolloutRecord], path: Path) -> None:
 
 def print_pretty(records: list[RolloutRecord], console: Console) -> None:
     """Each query under a rule, then its sessions' turns: solver attempts in cyan, critiques
-    in magenta. Model text is printed as text, never read as markup."""
+    in magenta, an episode's observations dimmed. Model text is printed as text, never read as
+    markup."""
     query = None
     for record in records:
         s = record.sample
@@ -142,8 +165,8 @@ def print_pretty(records: list[RolloutRecord], console: Console) -> None:
             query = s["query_id"]
             console.print(Rule(Text(f"query {query}")))
         solver = s["role"] == "solver"
-        kind = ("revision" if s["round"] > 1 else "attempt") if solver else "critique"
-        title = f"session {s['session']} · round {s['round']} · {s['role']} {kind}"
+        role = f"solver {'revision' if s['round'] > 1 else 'attempt'}" if solver else "critic"
+        title = f"session {s['session']} · round {s['round']} · {role}"
         facts = [f"reward {s['reward']:g}", f"advantage {s['advantage']:+.3f}"]
         if record.calibration_weight_mean is not None:
             facts.append(f"w̄ {record.calibration_weight_mean:.3f}")
@@ -154,7 +177,11 @@ def print_pretty(records: list[RolloutRecord], console: Console) -> None:
             body.append(Text(f"critique read: {s['metadata']['critique']}", style="magenta"))
         if not solver:
             body.append(Text(f"critique: {s['metadata']['critique']}", style="bold"))
-        body.append(Text(s["text"]))
+        if record.segments is None:
+            body.append(Text(s["text"]))
+        for segment in record.segments or []:
+            by_model = segment["by"] == "model"
+            body.append(Text(segment["text"], style="" if by_model else "dim"))
         console.print(
             Panel(
                 Group(*body),

@@ -139,7 +139,12 @@ def make_critic(
         client = OpenAIBackend(spec.url, spec.model, enable_thinking=settings.enable_thinking)
         # A short request at the critique budget now, so a wrong URL, a model the server does
         # not serve or a budget its context cannot hold fails before any attempt is generated.
-        client.chat([[{"role": "user", "content": "ping"}]], settings.critic_max_new_tokens)
+        budget = settings.critic_max_new_tokens
+        try:
+            client.chat([[{"role": "user", "content": "ping"}]], budget)
+        except ModelLoadError as err:
+            what = f"critic '{spec.text}' ({budget} tokens a critique)"
+            raise ModelLoadError(f"{what}: {err}") from None
         return HTTPCritic(client, spec.url, prompts, settings)
     from icrl_cli.generation.hf import HFBackend
     from icrl_cli.models import load_model, resolve_model_name

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from environments import Environment, Task, opening
@@ -338,11 +339,14 @@ def continue_sessions(
     settings: SessionSettings,
     prompts: Prompts,
     critic: Critic,
+    revision_seed: int | None = None,
 ) -> list[Sample]:
     """Rounds 2…K after round 1: the critiques and revisions, in the order they were made.
 
     The given sessions are not changed (each is copied), so one set of round-1 attempts can be
-    continued by several critics in turn (`icrl critique-compare`)."""
+    continued by several critics in turn (`icrl critique-compare`). With ``revision_seed``, each
+    round's revisions are sampled from torch's generator seeded with ``revision_seed + round``,
+    whatever the critic's own sampling drew from it, so critics differ only by their critiques."""
     sessions = [replace(s) for s in sessions]
     samples: list[Sample] = []
     for round_ in range(2, settings.max_rounds + 1):
@@ -360,6 +364,8 @@ def continue_sessions(
             session.critique = text
             if critic_sample is not None:
                 samples.append(critic_sample)
+        if revision_seed is not None:
+            torch.manual_seed(revision_seed + round_)
         attempts = _solver_round(backend, tokenizer, env, active, round_, settings, prompts)
         for session, (_, critic_sample), attempt in zip(active, critiques, attempts, strict=True):
             if critic_sample is not None:
