@@ -114,7 +114,7 @@ def failed_episode(
     world = env.world(spec)
     played, reward = episode(env, task, searched(env, task))
     if reward == 1.0 or rng.random() < 0.5:
-        slipped = expert.flawed_steps(world, spec.goal, rng, env.world(spec).listing()[0])
+        slipped = expert.flawed_steps(world, spec.goal, rng, world.listing()[0])
         played, reward = episode(env, task, slipped)
     return played, reward
 
