@@ -252,6 +252,13 @@ class TrainConfig(Section):
         description="Samples per forward/backward; gradients are accumulated so the result "
         "does not depend on it, only memory does.",
     )
+    micro_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Also cap each micro-batch's padded tokens (rows × its longest sample); "
+        "samples are then sorted by length first, so a micro-batch pads little (verl's dynamic "
+        "batch size). None: micro_batch_size samples at a time, in rollout order.",
+    )
     save_every: int = Field(0, ge=0, description="Steps between checkpoints; 0 writes only final/.")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
     samples_every: int = Field(

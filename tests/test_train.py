@@ -21,6 +21,7 @@ from icrl_cli.models import load_model
 from icrl_cli.rollout.samples import Sample
 from icrl_cli.trainer.policy import (
     collate,
+    micro_batches,
     policy_update,
     recompute_behavior_logprobs,
     response_logprobs,
@@ -214,9 +215,11 @@ def test_a_non_finite_loss_skips_the_step_and_keeps_the_weights(tiny_dir):
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
-@pytest.mark.parametrize("micro", [1, 3])
-def test_micro_batching_does_not_change_the_update(tiny_dir, micro):
-    """The gradient of 4 samples is the same whether they go through in 1, 2 or 4 pieces."""
+@pytest.mark.parametrize("micro, longest", [(1, None), (3, None), (4, 2), (4, 1)])
+def test_micro_batching_does_not_change_the_update(tiny_dir, micro, longest):
+    """The gradient of 4 samples is the same whether they go through in 1, 2 or 4 pieces, in
+    rollout order or sorted by length under a cap of ``longest`` × the longest sample's
+    tokens."""
     config = resolve("tiny-math", [])
     model, tokenizer = load_model(str(tiny_dir))
     prompt = tokenizer.encode("<|user|>12+30<|end|><|assistant|>")
@@ -229,16 +232,30 @@ def test_micro_batching_does_not_change_the_update(tiny_dir, micro):
         )
         samples[-1].advantage = [1.5, -0.5, -0.5, -0.5][i]
 
-    def gradients(micro_batch_size):
+    def gradients(micro_batch_size, micro_batch_tokens=None):
         config.train.micro_batch_size = micro_batch_size
+        config.train.micro_batch_tokens = micro_batch_tokens
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
         policy_update(model, None, optimizer, samples, config, tokenizer.pad_token_id)
         return [p.grad.clone() for p in model.parameters()]
 
     full = gradients(4)
-    split = gradients(micro)
+    most = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
+    split = gradients(micro, longest and longest * most)
     for a, b in zip(full, split, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_micro_batches_sort_by_length_under_a_token_cap():
+    lengths = [30, 10, 12, 50, 11, 29]
+    # In rollout order, 4 rows at a time.
+    assert micro_batches(lengths, 4, None) == [[0, 1, 2, 3], [4, 5]]
+    # Sorted: 10, 11, 12 (3 × 12 = 36 ≤ 40); 29 (2 × 29 > 40); 30; 50 alone over the cap.
+    assert micro_batches(lengths, 4, 40) == [[1, 4, 2], [5], [0], [3]]
+    # The row limit still holds: 10, 11 | 12, 29 | 30, 50 under a cap of 100 and 2 rows.
+    assert micro_batches(lengths, 2, 100) == [[1, 4], [2, 5], [0, 3]]
+    # 4 × 29 = 116 > 90 starts a second; 29 and 30 fit (2 × 30); 50 does not (3 × 50).
+    assert micro_batches(lengths, 8, 90) == [[1, 4, 2], [5, 0], [3]]
 
 
 def test_k3_penalty_is_zero_against_itself_and_positive_against_another_model(tiny_dir):

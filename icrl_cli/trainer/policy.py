@@ -75,6 +75,31 @@ def collate(samples: list[Sample], pad_id: int, device: torch.device) -> Respons
     )
 
 
+def micro_batches(lengths: list[int], max_rows: int, max_tokens: int | None) -> list[list[int]]:
+    """Indices of the samples in each micro-batch. Without ``max_tokens``: ``max_rows`` at a
+    time, in order. With it: sorted by length (``prompt + response`` tokens), each micro-batch
+    filled while it holds at most ``max_rows`` rows and ``rows × its longest`` stays within
+    ``max_tokens`` (a sample longer than that goes alone)."""
+    if max_tokens is None:
+        return [
+            list(range(i, min(i + max_rows, len(lengths))))
+            for i in range(0, len(lengths), max_rows)
+        ]
+    batches: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        current = batches[-1] if batches else None
+        # Sorted ascending, so this sample is the micro-batch's longest once added.
+        if (
+            current is None
+            or len(current) >= max_rows
+            or (len(current) + 1) * lengths[index] > max_tokens
+        ):
+            batches.append([index])
+        else:
+            current.append(index)
+    return batches
+
+
 def response_logprobs(
     model: PreTrainedModel, batch: ResponseBatch, with_entropy: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -175,9 +200,10 @@ def policy_update(
     )
     optimizer.zero_grad(set_to_none=True)
     model.train()
-    size = config.train.micro_batch_size
-    for start in range(0, num_samples, size):
-        batch = collate(samples[start : start + size], pad_id, device)
+    lengths = [len(s.prompt_ids) + len(s.response_ids) for s in samples]
+    chunks = micro_batches(lengths, config.train.micro_batch_size, config.train.micro_batch_tokens)
+    for chunk in chunks:
+        batch = collate([samples[i] for i in chunk], pad_id, device)
         logprobs, entropy = response_logprobs(model, batch, with_entropy=True)
         old_logprobs = logprobs.detach()
         revision = batch.is_revision.unsqueeze(-1)
