@@ -60,6 +60,9 @@ class Settings:
     threads: int = 1
     seed: int = 0
     model: str = "tiny"  # a model name or directory (bench/scaling.py passes untrained ones)
+    # "cpu" or "cuda": every contender runs there, in float32 (TRL's bf16 is off, icrl's dtype
+    # is float32), and on "cuda" each step's clock is read after a device synchronisation.
+    device: str = "cpu"
 
 
 @dataclass
@@ -73,6 +76,7 @@ class RunResult:
     peak_rss_mb: float
     phases: dict[str, list[float]] = field(default_factory=dict)  # e.g. generation vs update
     threads: int = 0  # torch's thread count at the end of the run (a library may change it)
+    peak_gpu_mb: float = 0.0  # torch.cuda.max_memory_allocated, on "cuda"
 
     def rates(self) -> dict[str, float]:
         seconds = sum(self.step_s)
@@ -89,6 +93,14 @@ def peak_rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def sync(device: str) -> None:
+    """Wait for the device's queued work, so that a clock read after it counts that work."""
+    if device != "cpu":
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def tiny_setup(settings: Settings) -> tuple[Any, Any, list[Any], Path]:
@@ -137,7 +149,8 @@ def run_icrl(settings: Settings, algo: str) -> RunResult:
             f"train.seed={settings.seed}",
             f"generation.max_new_tokens={settings.max_new_tokens}",
             f"generation.temperature={settings.temperature}",
-            "model.device='cpu'",
+            f"model.device='{settings.device}'",
+            "model.dtype='float32'",
             f"model.name='{settings.model}'",
         ],
     )
@@ -152,12 +165,15 @@ def run_icrl(settings: Settings, algo: str) -> RunResult:
     critic = build_critic(config, backend, tokenizer, prompts, sessions)
     result = RunResult(algo, [], [], [], 0.0, {"rollout_s": [], "update_s": []})
     for step in range(settings.steps + 1):
+        sync(settings.device)
         started = time.perf_counter()
         queries = sampler.next(settings.queries)
         samples = run_sessions(backend, tokenizer, env, queries, sessions, prompts, critic)
+        sync(settings.device)
         rolled = time.perf_counter()
         batch = training_batch(samples, config)
         policy_update(model, None, optimizer, batch, config, tokenizer.pad_token_id)
+        sync(settings.device)
         done = time.perf_counter()
         if step:
             result.step_s.append(done - started)
@@ -186,10 +202,12 @@ def run_floor(settings: Settings) -> RunResult:
     env, prompts, tasks, model_dir = tiny_setup(settings)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.to(settings.device)
     optimizer = torch_adamw(model, settings.lr)
     eos = tokenizer.eos_token_id
     result = RunResult("floor", [], [], [], 0.0, {"generate_s": [], "update_s": []})
     for step in range(settings.steps + 1):
+        sync(settings.device)
         started = time.perf_counter()
         chunk = tasks[step * settings.queries : (step + 1) * settings.queries]
         rows = [
@@ -203,6 +221,7 @@ def run_floor(settings: Settings) -> RunResult:
         for i, row in enumerate(rows):
             input_ids[i, width - len(row) :] = torch.tensor(row)
             attention[i, width - len(row) :] = 1
+        input_ids, attention = input_ids.to(settings.device), attention.to(settings.device)
         model.eval()
         with torch.no_grad():
             sequences = model.generate(
@@ -216,6 +235,7 @@ def run_floor(settings: Settings) -> RunResult:
                 eos_token_id=eos,
                 pad_token_id=tokenizer.pad_token_id,
             )
+        sync(settings.device)
         generated = time.perf_counter()
         completion = sequences[:, width:]
         # Completion tokens up to and including the first EOS.
@@ -231,6 +251,7 @@ def run_floor(settings: Settings) -> RunResult:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        sync(settings.device)
         done = time.perf_counter()
         if step:
             result.step_s.append(done - started)
@@ -276,9 +297,11 @@ def run_trl(settings: Settings) -> RunResult:
 
     class StepClock(TrainerCallback):
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            sync(settings.device)
             ends.append(time.perf_counter())
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            sync(settings.device)
             ends.append(time.perf_counter())
 
     batch = settings.queries * settings.group
@@ -312,7 +335,7 @@ def run_trl(settings: Settings) -> RunResult:
             # GRPOConfig defaults to bf16 and gradient checkpointing; icrl runs float32 without.
             bf16=False,
             gradient_checkpointing=False,
-            use_cpu=True,
+            use_cpu=settings.device == "cpu",
             seed=settings.seed,
             logging_strategy="no",
             save_strategy="no",
@@ -354,6 +377,8 @@ def worker(contender: str, settings: Settings) -> RunResult:
     else:
         result = run_icrl(settings, contender)
     result.threads = torch.get_num_threads()
+    if settings.device != "cpu":
+        result.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
     return result
 
 
@@ -380,6 +405,7 @@ def summarise(runs: dict[str, list[RunResult]]) -> dict[str, dict[str, float]]:
         row["step_s_min"] = min(r["step_s"] for r in rates)
         row["step_s_max"] = max(r["step_s"] for r in rates)
         row["peak_rss_mb"] = statistics.median(r.peak_rss_mb for r in results)
+        row["peak_gpu_mb"] = statistics.median(r.peak_gpu_mb for r in results)
         row["samples_per_step"] = statistics.fmean(s for r in results for s in r.samples)
         row["tokens_per_step"] = statistics.fmean(t for r in results for t in r.tokens)
         for phase in results[0].phases:
@@ -392,11 +418,11 @@ def table(summary: dict[str, dict[str, float]], settings: Settings, runs: int) -
     lines = [
         f"B = {settings.queries} queries × G = {settings.group}, max_new_tokens = "
         f"{settings.max_new_tokens}, {settings.steps} measured steps after 1 warm-up, "
-        f"median of {runs} runs, {settings.threads} torch threads",
+        f"median of {runs} runs, {settings.threads} torch threads, device {settings.device}",
         "",
         "| contender | step (s), median [min–max] | samples/step | samples/s | tokens/s "
-        "| peak RSS (MiB) | phases (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| peak RSS (MiB) | peak GPU (MiB) | phases (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for contender, row in summary.items():
         phases = ", ".join(
@@ -407,7 +433,8 @@ def table(summary: dict[str, dict[str, float]], settings: Settings, runs: int) -
         lines.append(
             f"| {contender} | {row['step_s']:.2f} [{row['step_s_min']:.2f}–{row['step_s_max']:.2f}]"
             f" | {row['samples_per_step']:.0f} | {row['samples_per_s']:.1f} "
-            f"| {row['tokens_per_s']:.0f} | {row['peak_rss_mb']:.0f} | {phases} |"
+            f"| {row['tokens_per_s']:.0f} | {row['peak_rss_mb']:.0f} "
+            f"| {row['peak_gpu_mb']:.0f} | {phases} |"
         )
     lines.append("")
     if "grpo" in summary:
@@ -442,6 +469,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=Settings.max_new_tokens)
     parser.add_argument("--threads", type=int, default=Settings.threads, help="torch threads.")
     parser.add_argument("--model", default=Settings.model, help="Model name or directory.")
+    parser.add_argument("--device", default=Settings.device, choices=("cpu", "cuda"))
     parser.add_argument("--out", type=Path, default=Path("bench/out/throughput.json"))
     parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
@@ -458,6 +486,7 @@ def main() -> None:
         steps=args.steps,
         threads=args.threads,
         model=args.model,
+        device=args.device,
     )
     started = time.perf_counter()
     runs: dict[str, list[RunResult]] = {c: [] for c in args.contenders}
