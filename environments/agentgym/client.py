@@ -11,6 +11,9 @@ import httpx
 
 from environments.base import EnvError, StepResult
 
+# The original API's world types (the reset body's "world_type").
+WORLD_TYPES = ("Text", "Embody", "Hybrid")
+
 Protocol = Literal["original", "fork"]
 
 

@@ -7,8 +7,7 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-from environments.agentgym.client import AgentGymClient, RemoteEpisode
-from environments.agentgym.server import WORLD_TYPES
+from environments.agentgym.client import WORLD_TYPES, AgentGymClient, RemoteEpisode
 from environments.base import EnvError, EpisodeFailed, StepResult, Task, react_action, register
 from environments.household import INSTRUCTIONS
 

@@ -11,9 +11,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
+from environments.agentgym.client import WORLD_TYPES
 from environments.base import EnvError, Environment, Episode, Task, make, opening
 
-WORLD_TYPES = ("Text", "Embody", "Hybrid")
 DEFAULT_PORT = 36001  # the port base of ICRL's README and AgentGym's launch line
 
 
