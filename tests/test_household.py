@@ -362,10 +362,12 @@ def test_searching_expert_looks_in_listed_order_and_takes_what_it_sees() -> None
     world = World(small_scene())
     steps = expert.plan(world, goal, search_from="cabinet 2")
     # The room lists cabinet 2, cabinet 1, countertop 1, drawer 1, fridge 1, microwave 1,
-    # sidetable 1; cabinet 1 shares cabinet 2's place, so it is examined, not walked to.
+    # sidetable 1; cabinet 1 shares cabinet 2's place, which the searcher learns when walking
+    # there does nothing; it examines it instead.
     assert [action for _, action in steps] == [
         "go to cabinet 2",
         "open cabinet 2",
+        "go to cabinet 1",
         "examine cabinet 1",
         "open cabinet 1",
         "go to countertop 1",
@@ -380,6 +382,7 @@ def test_searching_expert_looks_in_listed_order_and_takes_what_it_sees() -> None
         "put soapbar 3 in/on countertop 1",
     ]
     assert steps[0][0] == "I need a soapbar. I look in the cabinet 2."
+    assert steps[3][0] == "Nothing happens: the cabinet 1 is here, so I examine it."
     assert world.satisfied(goal)
     later = expert.plan(World(small_scene()), goal, search_from="microwave 1")
     assert [action for _, action in later][:3] == [
@@ -396,12 +399,21 @@ def test_observed_review_names_only_what_the_attempt_saw() -> None:
     def review(attempt: list[str], observed: bool = True) -> expert.Review | None:
         return expert.review(World(small_scene()), goal, attempt, 50, observed=observed)
 
+    # Walking to cabinet 1, which stands at cabinet 2's place, did nothing: not a mistake, but
+    # cabinet 1 was not looked into.
+    assert review(actions[:3]) == expert.Review(
+        "You never picked up a soapbar; search on from the cabinet 1.", "cabinet 1"
+    )
+    # The environment's own tip calls that walk inadmissible.
+    assert review(actions[:3], observed=False) == expert.Review(
+        '"go to cabinet 1" was not an admissible command then, so nothing happened.'
+    )
     # Out of turns at the closed fridge: cabinets, countertop and drawer were looked into.
-    assert review(actions[:7]) == expert.Review(
+    assert review(actions[:8]) == expert.Review(
         "You never picked up a soapbar; search on from the fridge 1.", "fridge 1"
     )
     # It saw soapbars on the sidetable and walked on.
-    assert review(actions[:11]) == expert.Review(
+    assert review(actions[:12]) == expert.Review(
         "You never picked up a soapbar; there is one in the sidetable 1.", "sidetable 1"
     )
     guess = actions[:2] + ["take soapbar 1 from cabinet 2"]

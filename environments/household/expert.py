@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from environments.base import react_action
 from environments.household.catalog import CAN_CONTAIN, TRANSFORMS
-from environments.household.world import Goal, Thing, World
+from environments.household.world import NOTHING_HAPPENS, Goal, Thing, World
 
 PAST = {"clean": "cleaned", "heat": "heated", "cool": "cooled"}
 _VERBS = ("go to ", "take ", "put ", "move ", "open ", "close ", "clean ", "heat ", "cool ")
@@ -20,7 +20,9 @@ def plan(world: World, goal: Goal, search_from: str | None = None) -> list[Step]
     """Thought/action pairs that reach ``goal``; each action is checked admissible as it runs,
     and ``world`` ends in the solved state. The expert goes straight to where things are; with
     ``search_from`` (a receptacle name) it knows only what it sees, and looks for each object
-    in the receptacles in the order the room lists them, from that one on."""
+    in the receptacles in the order the room lists them, from that one on. Not knowing where
+    receptacles stand, it walks to each; when "go to" does nothing, the receptacle stands at its
+    place (ALFWorld: going to where you are is not admissible), and it examines it instead."""
     steps: list[Step] = []
 
     def do(thought: str, action: str) -> None:
@@ -28,6 +30,12 @@ def plan(world: World, goal: Goal, search_from: str | None = None) -> list[Step]
             raise AssertionError(f"expert action '{action}' is not admissible")
         world.act(action)
         steps.append((thought, action))
+
+    def walk_nowhere(thought: str, rec_name: str) -> None:
+        """A "go to" the searcher cannot know is pointless: the feedback tells it so."""
+        if world.act(f"go to {rec_name}") != NOTHING_HAPPENS:  # a planner bug
+            raise AssertionError(f"expert expected 'go to {rec_name}' to do nothing")
+        steps.append((thought, f"go to {rec_name}"))
 
     def reach(rec_name: str, thought: str) -> None:
         rec = world.receptacles[rec_name]
@@ -59,8 +67,9 @@ def plan(world: World, goal: Goal, search_from: str | None = None) -> list[Step]
             rec = world.receptacles[name]
             if world.loc != rec.loc:
                 do(f"{need}. I look in the {name}.", f"go to {name}")
-            else:  # a receptacle beside the last one: no walk, just a look
-                do(f"{need}. I look in the {name}.", f"examine {name}")
+            else:  # a receptacle beside the last one
+                walk_nowhere(f"{need}. I look in the {name}.", name)
+                do(f"Nothing happens: the {name} is here, so I examine it.", f"examine {name}")
             if rec.openable and not rec.opened:
                 do(f"The {name} is closed, so I open it.", f"open {name}")
             found = [t for t in world.contents(rec) if t.kind == goal.obj]
@@ -202,6 +211,8 @@ def review(
     seen = _Sightings(world.listing()) if observed else None
     for raw in actions[:max_steps]:
         action = raw.strip()
+        if seen is not None and _beside(world, action):
+            continue  # how a search learns that a receptacle stands where it is: no mistake
         if action not in world.commands():
             words = action.split()
             if (
@@ -228,6 +239,16 @@ def review(
         if world.satisfied(goal):
             return None
     return _missing_step(world, goal, transform, seen)
+
+
+def _beside(world: World, action: str) -> bool:
+    """Whether ``action`` is "go to R" for a receptacle R at the agent's own place."""
+    rec = (
+        world.receptacles.get(action.removeprefix("go to "))
+        if action.startswith("go to ")
+        else None
+    )
+    return rec is not None and rec.loc == world.loc
 
 
 def _put_mistake(world: World, goal: Goal, thing: Thing, words: list[str]) -> str | None:
