@@ -30,6 +30,18 @@ app = typer.Typer(
 console = Console()
 errors = Console(stderr=True)
 DEFAULT_PRESET = "tiny-math"
+# Without --preset, --env E starts from E's embedded tiny preset, or from the bare defaults
+# for an environment that has none (a preset's env options belong to its own environment).
+ENV_PRESETS = {"math": "tiny-math", "household": "tiny-household"}
+
+
+def base_preset(preset: str | None, env: str | None) -> str | None:
+    """The preset a command starts from: --preset, else --env's tiny preset, else tiny-math."""
+    if preset is not None:
+        return preset
+    return DEFAULT_PRESET if env is None else ENV_PRESETS.get(env)
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -58,7 +70,10 @@ def flag_overrides(set_: list[str] | None, flags: dict[str, Any]) -> list[str]:
 @user_errors
 def train(
     preset: Annotated[
-        str | None, typer.Option(help=f"Preset name or TOML path (default {DEFAULT_PRESET}).")
+        str | None,
+        typer.Option(
+            help=f"Preset name or TOML path (default: --env's tiny preset, else {DEFAULT_PRESET})."
+        ),
     ] = None,
     env: Annotated[str | None, typer.Option(help="Environment name (env.name).")] = None,
     model: Annotated[
@@ -100,7 +115,7 @@ def train(
         config = with_overrides(saved.model_dump(mode="json", exclude_none=True), overrides)
         run_dir = resume
     else:
-        config = resolve(preset or DEFAULT_PRESET, overrides)
+        config = resolve(base_preset(preset, env), overrides)
         from icrl_cli.trainer.loop import default_run_dir
 
         run_dir = output_dir or (
@@ -288,7 +303,10 @@ def eval_(
 @user_errors
 def rollout(
     preset: Annotated[
-        str | None, typer.Option(help=f"Preset name or TOML path (default {DEFAULT_PRESET}).")
+        str | None,
+        typer.Option(
+            help=f"Preset name or TOML path (default: --env's tiny preset, else {DEFAULT_PRESET})."
+        ),
     ] = None,
     model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
     env: Annotated[str | None, typer.Option(help="Environment name (env.name).")] = None,
@@ -313,7 +331,7 @@ def rollout(
     overrides = flag_overrides(
         set_, {"env.name": env, "model.name": model, "algo.name": algo, "train.seed": seed}
     )
-    records = rollout(resolve(preset or DEFAULT_PRESET, overrides), n, split)
+    records = rollout(resolve(base_preset(preset, env), overrides), n, split)
     if output is not None:
         write_jsonl(records, output)
         errors.print(f"wrote {len(records)} samples to {output}")

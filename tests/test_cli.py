@@ -29,7 +29,10 @@ def test_help_lists_the_subcommands():
             "unknown environment 'nope'; choose one of: agentgym, household, math",
         ),
         (["train", "--set", "train"], "--set expects dotted.key=value"),
-        (["train", "--env", "household"], "environment 'household' rejects its options"),
+        (
+            ["train", "--env", "household", "--set", "env.options={rooms=3}"],
+            "environment 'household' rejects its options",
+        ),
         (["eval", "--model", "./no/such/dir"], "model path './no/such/dir' does not exist"),
         (["eval", "--model", "tiny", "--data", "/no/file.jsonl"], "/no/file.jsonl"),
         (["eval", "--model", "tiny", "--split", "validation"], "validation"),
@@ -54,6 +57,20 @@ def test_dry_run_prints_the_resolved_plan_without_loading_weights(tmp_path):
     assert result.exit_code == 0, result.output
     assert 'name = "Qwen3-4B"' in result.output
     assert "steps = 100" in result.output
+
+
+def test_without_a_preset_an_environment_starts_from_its_own_tiny_preset(tmp_path):
+    result = runner.invoke(app, ["train", "--env", "household", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert 'name = "tiny-household"' in result.output  # the model, not tiny-math's
+    assert "pick_and_place_simple" in result.output  # its env options, not math's data
+    # An environment with no tiny preset starts from the bare defaults: no math options.
+    result = runner.invoke(
+        app,
+        ["train", "--env", "agentgym", "--dry-run", "--set", 'env.options={urls="http://h:1"}'],
+    )
+    assert result.exit_code == 0, result.output
+    assert "synthetic" not in result.output and "tiny-math" not in result.output
 
 
 def test_a_real_process_prints_no_traceback_for_a_bad_key():
