@@ -415,14 +415,15 @@ def summarise(runs: dict[str, list[RunResult]]) -> dict[str, dict[str, float]]:
 
 
 def table(summary: dict[str, dict[str, float]], settings: Settings, runs: int) -> str:
+    gpu = settings.device != "cpu"
     lines = [
         f"B = {settings.queries} queries × G = {settings.group}, max_new_tokens = "
         f"{settings.max_new_tokens}, {settings.steps} measured steps after 1 warm-up, "
         f"median of {runs} runs, {settings.threads} torch threads, device {settings.device}",
         "",
         "| contender | step (s), median [min–max] | samples/step | samples/s | tokens/s "
-        "| peak RSS (MiB) | peak GPU (MiB) | phases (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| peak RSS (MiB) |" + (" peak GPU (MiB) |" if gpu else "") + " phases (s) |",
+        "|---|---|---|---|---|---|" + ("---|" if gpu else "") + "---|",
     ]
     for contender, row in summary.items():
         phases = ", ".join(
@@ -434,7 +435,8 @@ def table(summary: dict[str, dict[str, float]], settings: Settings, runs: int) -
             f"| {contender} | {row['step_s']:.2f} [{row['step_s_min']:.2f}–{row['step_s_max']:.2f}]"
             f" | {row['samples_per_step']:.0f} | {row['samples_per_s']:.1f} "
             f"| {row['tokens_per_s']:.0f} | {row['peak_rss_mb']:.0f} "
-            f"| {row['peak_gpu_mb']:.0f} | {phases} |"
+            + (f"| {row['peak_gpu_mb']:.0f} " if gpu else "")
+            + f"| {phases} |"
         )
     lines.append("")
     if "grpo" in summary:
