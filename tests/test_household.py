@@ -381,8 +381,12 @@ def test_searching_expert_looks_in_listed_order_and_takes_what_it_sees() -> None
         "go to countertop 1",
         "put soapbar 3 in/on countertop 1",
     ]
+    # Each look after the first says the last one showed no soapbar; the take says what it saw.
     assert steps[0][0] == "I need a soapbar. I look in the cabinet 2."
+    assert steps[2][0] == "I need a soapbar; none here. I look in the cabinet 1."
     assert steps[3][0] == "Nothing happens: the cabinet 1 is here, so I examine it."
+    assert steps[5][0] == "I need a soapbar; none here. I look in the countertop 1."
+    assert steps[12][0] == "I need a soapbar; the soapbar 3 is here. I take it."
     assert world.satisfied(goal)
     later = expert.plan(World(small_scene()), goal, search_from="microwave 1")
     assert [action for _, action in later][:3] == [
@@ -437,3 +441,31 @@ def test_searching_expert_solves_every_eval_task(env: HouseholdEnvironment) -> N
             world = env.world(spec)
             expert.plan(world, spec.goal, search_from=world.listing()[0])
             assert world.satisfied(spec.goal), task.id
+
+
+def test_training_like_tasks_come_from_the_train_distribution_and_no_split():
+    from environments.household.generate import UNSEEN_FLOORPLANS, build_splits, held_out
+
+    env = HouseholdEnvironment(
+        task_types=["pick_and_place_simple", "pick_heat_then_place_in_recep"]
+    )
+    extra = env.training_like(60)
+    assert len(extra) == 60 and len({t.id for t in extra}) == 60
+    specs = [spec_of(t) for t in extra]
+    assert {s.task_type for s in specs} == {
+        "pick_and_place_simple",
+        "pick_heat_then_place_in_recep",
+    }
+    assert all(s.floorplan < UNSEEN_FLOORPLANS[0] for s in specs)
+    assert not {(s.obj, s.recep, s.room) for s in specs} & held_out(0)
+    in_splits = {s for split in build_splits(0).values() for s in split}
+    assert not set(specs) & in_splits
+    # Fixed by the draw; another draw gives other worlds.
+    assert [t.prompt for t in env.training_like(60)] == [t.prompt for t in extra]
+    assert not {spec_of(t) for t in env.training_like(60, draw=1)} & set(specs)
+    # Each one is solvable: the expert plans it from the task alone.
+    for task in extra[:10]:
+        spec = spec_of(task)
+        world = env.world(spec)
+        expert.plan(world, spec.goal)
+        assert world.satisfied(spec.goal)

@@ -14,6 +14,7 @@ from environments.household.generate import (
     held_out,
     scene_for,
     split_summary,
+    training_like,
 )
 from environments.household.world import Goal, World, render_list
 
@@ -97,6 +98,14 @@ class HouseholdEnvironment:
                 if self.task_types is None or spec.task_type in self.task_types
             ]
         return self._cache[split]
+
+    def training_like(self, count: int, draw: int = 0) -> list[Task]:
+        """``count`` tasks from the train split's distribution that are in no split (of this
+        environment's task types), for warm starts that need more worlds than the train split
+        holds; the evaluation splits stay unseen."""
+        types = self.task_types or list(TASK_TYPES)
+        specs = training_like(self.seed, count, types, draw)
+        return [self._task(f"extra{draw}", i, spec) for i, spec in enumerate(specs)]
 
     def _task(self, split: str, index: int, spec: TaskSpec) -> Task:
         intro = self.world(spec).intro()

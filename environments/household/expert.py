@@ -55,7 +55,10 @@ def plan(world: World, goal: Goal, search_from: str | None = None) -> list[Step]
             found_at.append(host)
         else:
             reach(host, f"{need}. There is one at the {host}, so I go there.")
-        do(f"I take the {thing.name}.", f"take {thing.name} from {host}")
+        # Searching, the thought says what the last look showed before it acts on it (so does
+        # each "I look in" after the first): what to do next is read off the observation.
+        take = f"{need}; the {thing.name} is here. I take it." if search_from is not None else None
+        do(take or f"I take the {thing.name}.", f"take {thing.name} from {host}")
         return thing
 
     found_at: list[str] = []
@@ -63,12 +66,13 @@ def plan(world: World, goal: Goal, search_from: str | None = None) -> list[Step]
     def search(need: str, start: str) -> Thing:
         names = world.listing()
         at = names.index(start)
-        for name in names[at:] + names[:at]:
+        for index, name in enumerate(names[at:] + names[:at]):
             rec = world.receptacles[name]
+            look = f"{need}{'; none here' if index else ''}. I look in the {name}."
             if world.loc != rec.loc:
-                do(f"{need}. I look in the {name}.", f"go to {name}")
+                do(look, f"go to {name}")
             else:  # a receptacle beside the last one
-                walk_nowhere(f"{need}. I look in the {name}.", name)
+                walk_nowhere(look, name)
                 do(f"Nothing happens: the {name} is here, so I examine it.", f"examine {name}")
             if rec.openable and not rec.opened:
                 do(f"The {name} is closed, so I open it.", f"open {name}")

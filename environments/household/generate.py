@@ -223,6 +223,39 @@ def build_splits(seed: int = 0) -> dict[str, tuple[TaskSpec, ...]]:
     return splits
 
 
+def training_like(seed: int, count: int, task_types: list[str], draw: int = 0) -> list[TaskSpec]:
+    """``count`` more tasks drawn as the train split's are (seen floor plans, combinations
+    that are not held out), none of them in any split: demonstrations for a warm start that
+    needs more worlds than the train split has. ``draw`` picks another, disjoint-in-practice
+    sample."""
+    rng = random.Random(f"household-training-like-{seed}-{draw}")
+    reserved = held_out(seed)
+    taken = {
+        (s.task_type, s.obj, s.recep, s.room, s.floorplan, s.scene_seed)
+        for specs in build_splits(seed).values()
+        for s in specs
+    }
+    plans = list(range(1, UNSEEN_FLOORPLANS[0]))
+    specs: list[TaskSpec] = []
+    while len(specs) < count:
+        task_type = task_types[len(specs) % len(task_types)]
+        room = rng.choice(TYPE_ROOMS[task_type])
+        number, scene_seed = rng.choice(plans), rng.getrandbits(32)
+        scene = build_scene(seed, room, number, scene_seed)
+        options = [
+            (o, r) for o, r in candidates(scene, task_type, room) if (o, r, room) not in reserved
+        ]
+        if not options:
+            continue
+        obj, recep = rng.choice(options)
+        key = (task_type, obj, recep, room, number, scene_seed)
+        if key in taken:
+            continue
+        taken.add(key)
+        specs.append(TaskSpec(task_type, obj, recep, room, number, scene_seed, rng.randrange(2)))
+    return specs
+
+
 def split_summary(seed: int = 0) -> dict[str, dict[str, int]]:
     """Per split: its size under "total" and its task count per type (for the README)."""
     summary = {}
@@ -238,4 +271,13 @@ def scene_for(seed: int, spec: TaskSpec) -> Scene:
     return build_scene(seed, spec.room, spec.floorplan, spec.scene_seed)
 
 
-__all__ = ["ROOMS", "SPLITS", "TaskSpec", "build_splits", "held_out", "scene_for", "split_summary"]
+__all__ = [
+    "ROOMS",
+    "SPLITS",
+    "TaskSpec",
+    "build_splits",
+    "held_out",
+    "scene_for",
+    "split_summary",
+    "training_like",
+]
