@@ -125,23 +125,47 @@ Pair = tuple[list[int], list[int]]  # (prompt ids, target ids)
 
 
 def sft_batch(
-    tokenizer: PreTrainedTokenizerFast, pairs: list[Pair], masks: list[list[int]] | None = None
+    tokenizer: PreTrainedTokenizerFast, pairs: list[Pair], masks: list[list[float]] | None = None
 ) -> dict[str, torch.Tensor]:
     """Right-padded (prompt + target) rows; the loss only sees the target tokens (and of those,
-    with ``masks``, only the ones marked 1: a multi-turn target's observations are not)."""
+    with ``masks``, only the ones not marked 0: a multi-turn target's observations are not).
+    A mask value other than 0 or 1 is the token's weight in the loss; such masks add a
+    ``loss_weights`` row (see ``sft_loss``)."""
     width = max(len(p) + len(t) for p, t in pairs)
     input_ids = torch.full((len(pairs), width), tokenizer.pad_token_id, dtype=torch.long)
     labels = torch.full((len(pairs), width), -100, dtype=torch.long)
     attention = torch.zeros((len(pairs), width), dtype=torch.long)
+    weights = torch.zeros((len(pairs), width), dtype=torch.float32)
+    weighted = masks is not None and any(m not in (0, 1) for mask in masks for m in mask)
     for row, (prompt, target) in enumerate(pairs):
         n = len(prompt) + len(target)
         input_ids[row, :n] = torch.tensor(prompt + target)
-        kept = target
+        kept, mask = target, [1.0] * len(target)
         if masks is not None:
-            kept = [t if m else -100 for t, m in zip(target, masks[row], strict=True)]
+            mask = masks[row]
+            kept = [t if m else -100 for t, m in zip(target, mask, strict=True)]
         labels[row, len(prompt) : n] = torch.tensor(kept)
+        weights[row, len(prompt) : n] = torch.tensor(mask, dtype=torch.float32)
         attention[row, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    if weighted:
+        batch["loss_weights"] = weights
+    return batch
+
+
+def sft_loss(model: Qwen3ForCausalLM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The mean next-token loss over the target tokens of an ``sft_batch``, each token
+    weighted by its ``loss_weights`` when the batch has them."""
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    weights = batch.pop("loss_weights", None)
+    if weights is None:
+        return model(**batch).loss
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels, weights = batch["labels"][:, 1:], weights[:, 1:]
+    losses = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), labels.clamp(min=0), reduction="none"
+    )
+    return (losses * weights).sum() / weights.sum()
 
 
 def measure_sessions(
@@ -216,7 +240,7 @@ def supervise(
     accept: Callable[[dict[str, float | int | None]], bool],
     rng: random.Random,
     seed: int = 0,
-    masks: dict[str, list[list[int]]] | None = None,
+    masks: dict[str, list[list[float]]] | None = None,
     batch_size: int = 64,
     lr: float = 2e-3,
     check_every: int = 25,
@@ -239,7 +263,7 @@ def supervise(
             rows = rng.sample(range(len(role_pairs)), batch_size // len(pairs))
             chosen = [role_pairs[i] for i in rows]
             role_masks = [masks[role][i] for i in rows] if masks else None
-            loss = model(**sft_batch(tokenizer, chosen, role_masks)).loss / len(pairs)
+            loss = sft_loss(model, sft_batch(tokenizer, chosen, role_masks)) / len(pairs)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -300,20 +324,25 @@ def build_tiny(target: Path, seed: int = 0) -> None:
     (target / "warm_start.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
-def _builders() -> dict[str, tuple[str, Callable[[Path], None]]]:
-    """The embedded models by name: (cache directory name, builder)."""
+def _builders() -> dict[str, tuple[str, Callable[[Path], None], str]]:
+    """The embedded models by name: (cache directory name, builder, how long a build takes on
+    two idle cores)."""
     from icrl_cli import tiny_household
 
     return {
-        "tiny": (f"tiny-v{TINY_VERSION}", build_tiny),
-        "tiny-household": (f"tiny-household-v{tiny_household.VERSION}", tiny_household.build),
+        "tiny": (f"tiny-v{TINY_VERSION}", build_tiny, "a few minutes"),
+        "tiny-household": (
+            f"tiny-household-v{tiny_household.VERSION}",
+            tiny_household.build,
+            tiny_household.BUILD_TIME,
+        ),
     }
 
 
 def tiny_model_dir(name: str = "tiny") -> Path:
     """The cached directory of the embedded model ``name``, built on first use (a lock keeps
     concurrent builds apart)."""
-    dirname, build = _builders()[name]
+    dirname, build, duration = _builders()[name]
     root = cache_root()
     target = root / dirname
     if (target / "config.json").is_file():
@@ -323,7 +352,7 @@ def tiny_model_dir(name: str = "tiny") -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "config.json").is_file():
             return target
-        _console.print(f"[bold]building the {name} model (once; a few minutes on 2 cores)…[/bold]")
+        _console.print(f"[bold]building the {name} model (once; {duration} on 2 cores)…[/bold]")
         partial = root / f".{dirname}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()

@@ -43,3 +43,42 @@ def test_critique_free_success_is_in_band_and_self_critique_helps(tiny_dir):
     measured = measure_sessions(model, tokenizer, env, list(env.tasks("test"))[:200], prompts, 2)
     assert 0.10 <= measured["solver/success_round1"] <= 0.60
     assert measured["solver/success_final"] >= measured["solver/success_round1"] + 0.05
+
+
+def test_sft_loss_weighs_each_target_token_by_its_mask_value():
+    from types import SimpleNamespace
+
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from icrl_cli.tiny import sft_batch, sft_loss
+
+    torch.manual_seed(0)
+    config = Qwen3Config(
+        vocab_size=12,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+    )
+    model = Qwen3ForCausalLM(config)
+    tokenizer = SimpleNamespace(pad_token_id=0)
+    pairs = [([3, 4], [5, 6, 7]), ([8], [9, 10])]
+    plain = sft_batch(tokenizer, pairs, [[1, 0, 1], [1, 1]])
+    assert "loss_weights" not in plain  # 0/1 masks: the model's own mean loss
+    assert plain["labels"].tolist() == [[-100, -100, 5, -100, 7], [-100, 9, 10, -100, -100]]
+    assert torch.allclose(sft_loss(model, plain), model(**plain).loss)
+    weighted = sft_batch(tokenizer, pairs, [[1, 0, 3], [2, 1]])
+    assert weighted["loss_weights"].tolist() == [[0, 0, 1, 0, 3], [0, 2, 1, 0, 0]]
+    # By hand: -log p of each kept target token given what precedes it, weighted 1, 3, 2, 1.
+    with torch.no_grad():
+        logp = model(input_ids=weighted["input_ids"]).logits.log_softmax(-1)
+        nll = {
+            (0, 2): -logp[0, 1, 5],
+            (0, 4): -logp[0, 3, 7],
+            (1, 1): -logp[1, 0, 9],
+            (1, 2): -logp[1, 1, 10],
+        }
+        expected = (nll[0, 2] + 3 * nll[0, 4] + 2 * nll[1, 1] + nll[1, 2]) / 7
+        assert torch.allclose(sft_loss(model, weighted), expected, atol=1e-6)
