@@ -284,4 +284,9 @@ def test_tiny_household_demonstrations_are_laid_out_exactly_like_a_rollout():
         Scripted(bpe, lambda _: next(replies)), bpe, [env.start(task)], [prompt], limits()
     )
     assert (rollout.stop, rollout.reward) == ("done", 1.0)
-    assert rollout.response_ids == ids and rollout.loss_mask == mask
+    assert rollout.response_ids == ids and rollout.loss_mask == [1 if m else 0 for m in mask]
+    # The take turn's tokens (its EOS too) weigh TAKE_WEIGHT in the warm-start's loss.
+    (take,) = [turn for turn, _ in turns if react_action(turn).startswith("take ")]
+    heavy = len(bpe.encode(take, add_special_tokens=False)) + 1
+    assert mask.count(tiny_household.TAKE_WEIGHT) == heavy
+    assert len([m for m in mask if m == 1]) == sum(mask) - heavy * tiny_household.TAKE_WEIGHT
