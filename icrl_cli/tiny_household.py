@@ -45,7 +45,7 @@ from icrl_cli.tiny import (
 
 VERSION = "4"
 # The household options it is warm-started on: the simplest task type (a 3 to 5 step episode),
-# so that a few minutes of supervised steps on two cores leave a model that acts sensibly.
+# so that a build on two cores leaves a model that acts at all.
 OPTIONS: dict[str, object] = {"task_types": ["pick_and_place_simple"]}
 PROMPTS = {
     "solver_user": "{task}",
