@@ -53,12 +53,13 @@ def plan(world: World, goal: Goal, search_from: str | None = None) -> list[Step]
             thing = search(need, search_from if first else found_at[-1])
             host = thing.where or ""
             found_at.append(host)
+            # The thought says what the last look showed before it acts on it (so does each
+            # "I look in" after the first): what to do next is read off the observation.
+            thought = f"{need}; the {thing.name} is here. I take it."
         else:
             reach(host, f"{need}. There is one at the {host}, so I go there.")
-        # Searching, the thought says what the last look showed before it acts on it (so does
-        # each "I look in" after the first): what to do next is read off the observation.
-        take = f"{need}; the {thing.name} is here. I take it." if search_from is not None else None
-        do(take or f"I take the {thing.name}.", f"take {thing.name} from {host}")
+            thought = f"I take the {thing.name}."
+        do(thought, f"take {thing.name} from {host}")
         return thing
 
     found_at: list[str] = []
