@@ -168,6 +168,13 @@ def sft_loss(model: Qwen3ForCausalLM, batch: dict[str, torch.Tensor]) -> torch.T
     return (losses * weights).sum() / weights.sum()
 
 
+def loss_weight(batch: dict[str, torch.Tensor]) -> float:
+    """The denominator of ``sft_loss`` on ``batch``: its target tokens' summed weight."""
+    if "loss_weights" in batch:
+        return batch["loss_weights"][:, 1:].sum().item()
+    return (batch["labels"][:, 1:] != -100).sum().item()
+
+
 def measure_sessions(
     model: Qwen3ForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
@@ -247,9 +254,11 @@ def supervise(
     first_check: int | None = None,
     max_steps: int = 2000,
     keep_last: bool = False,
+    chunks: int = 1,
 ) -> tuple[int, dict[str, float | int | None]]:
-    """Supervised steps over every role's demonstrations (one forward per role: sequences of a
-    role have similar lengths, so less padding) until ``accept(measure())``. Returns the steps
+    """Supervised steps over every role's demonstrations (each role's rows apart: sequences of
+    a role have similar lengths, so less padding; ``chunks`` forwards per role, the rows sorted
+    by length, pad less still) until ``accept(measure())``. Returns the steps
     taken and the last measurement. Measuring starts at ``first_check`` (default
     ``check_every``). Missing the targets by ``max_steps`` is an error unless ``keep_last``,
     which returns the model as it is with its last measurement."""
@@ -261,10 +270,24 @@ def supervise(
         model.train()
         for role, role_pairs in pairs.items():
             rows = rng.sample(range(len(role_pairs)), batch_size // len(pairs))
-            chosen = [role_pairs[i] for i in rows]
-            role_masks = [masks[role][i] for i in rows] if masks else None
-            loss = sft_loss(model, sft_batch(tokenizer, chosen, role_masks)) / len(pairs)
-            loss.backward()
+            # Rows sorted by length and cut in ``chunks`` forwards pad less; each chunk's mean
+            # loss is weighed by its share of the role's loss weight, so the gradient is the
+            # one of a single forward over all the rows.
+            rows.sort(key=lambda i: len(role_pairs[i][0]) + len(role_pairs[i][1]))
+            size = -(-len(rows) // chunks)
+            parts = [
+                sft_batch(
+                    tokenizer,
+                    [role_pairs[i] for i in part],
+                    [masks[role][i] for i in part] if masks else None,
+                )
+                for part in (rows[k * size : (k + 1) * size] for k in range(chunks))
+                if part
+            ]
+            totals = [loss_weight(part) for part in parts]
+            for part, total in zip(parts, totals, strict=True):
+                loss = sft_loss(model, part) * (total / sum(totals)) / len(pairs)
+                loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -45,16 +45,12 @@ def test_critique_free_success_is_in_band_and_self_critique_helps(tiny_dir):
     assert measured["solver/success_final"] >= measured["solver/success_round1"] + 0.05
 
 
-def test_sft_loss_weighs_each_target_token_by_its_mask_value():
-    from types import SimpleNamespace
-
+def _micro_model(vocab_size: int):
+    """A one-layer Qwen3 16 wide: the warm-start's loss and steps, checked by hand."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from icrl_cli.tiny import sft_batch, sft_loss
-
-    torch.manual_seed(0)
     config = Qwen3Config(
-        vocab_size=12,
+        vocab_size=vocab_size,
         hidden_size=16,
         intermediate_size=32,
         num_hidden_layers=1,
@@ -62,7 +58,16 @@ def test_sft_loss_weighs_each_target_token_by_its_mask_value():
         num_key_value_heads=1,
         head_dim=8,
     )
-    model = Qwen3ForCausalLM(config)
+    return Qwen3ForCausalLM(config)
+
+
+def test_sft_loss_weighs_each_target_token_by_its_mask_value():
+    from types import SimpleNamespace
+
+    from icrl_cli.tiny import sft_batch, sft_loss
+
+    torch.manual_seed(0)
+    model = _micro_model(vocab_size=12)
     tokenizer = SimpleNamespace(pad_token_id=0)
     pairs = [([3, 4], [5, 6, 7]), ([8], [9, 10])]
     plain = sft_batch(tokenizer, pairs, [[1, 0, 1], [1, 1]])
@@ -82,3 +87,61 @@ def test_sft_loss_weighs_each_target_token_by_its_mask_value():
         }
         expected = (nll[0, 2] + 3 * nll[0, 4] + 2 * nll[1, 1] + nll[1, 2]) / 7
         assert torch.allclose(sft_loss(model, weighted), expected, atol=1e-6)
+
+
+def test_supervise_in_length_sorted_chunks_takes_the_single_forward_gradient():
+    """Cutting each role's rows into ``chunks`` forwards must not change the step: the
+    gradient equals the one of a single forward over all rows (its reference here), with
+    weighted and unweighted roles, and chunks of unequal size."""
+    import random
+    from types import SimpleNamespace
+
+    from icrl_cli import tiny
+
+    tokenizer = SimpleNamespace(pad_token_id=0)
+    draw = random.Random(1)
+    pairs, masks = {}, {}
+    for role, weights in (("solver", (0, 1, 5)), ("critic", (1,))):
+        pairs[role] = [
+            (
+                [draw.randrange(1, 20) for _ in range(draw.randrange(1, 6))],
+                [draw.randrange(1, 20) for _ in range(draw.randrange(2, 12))],
+            )
+            for _ in range(9)
+        ]
+        masks[role] = [[draw.choice(weights) for _ in target] for _, target in pairs[role]]
+        masks[role] = [[1, *mask[1:]] for mask in masks[role]]  # no row without a target
+    gradients = []
+    for chunks in (1, 2, 4):
+        torch.manual_seed(0)
+        model = _micro_model(vocab_size=20)
+        seen = []
+        clip = torch.nn.utils.clip_grad_norm_
+
+        def record(params, norm, clip=clip, seen=seen):
+            params = list(params)
+            seen.append(torch.cat([p.grad.flatten() for p in params]).clone())
+            return clip(params, norm)
+
+        torch.nn.utils.clip_grad_norm_ = record
+        try:
+            tiny.supervise(
+                model,
+                tokenizer,
+                pairs,
+                lambda: {"solver/success_round1": 0.0, "solver/success_final": 0.0},
+                lambda measured: False,
+                random.Random(0),
+                masks=masks,
+                batch_size=18,
+                check_every=100,
+                max_steps=1,
+                keep_last=True,
+                chunks=chunks,
+            )
+        finally:
+            torch.nn.utils.clip_grad_norm_ = clip
+        gradients.append(seen[0])
+    assert gradients[0].abs().max() > 1e-3
+    for other in gradients[1:]:
+        assert torch.allclose(other, gradients[0], atol=1e-6, rtol=1e-4)
