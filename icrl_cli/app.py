@@ -250,8 +250,15 @@ CRITIC_BUDGET_HELP = "Tokens per critique (default: algo.critic_max_new_tokens, 
 @app.command("eval")
 @user_errors
 def eval_(
-    model: Annotated[str, typer.Option(help=MODEL_HELP)],
-    env: Annotated[str, typer.Option(help=ENV_HELP)] = "math",
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP + " (default: the preset's)")] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Measure under this preset's environment, turn limits and generation settings "
+            "(flags given here win)."
+        ),
+    ] = None,
+    env: Annotated[str | None, typer.Option(help=ENV_HELP + " (default: math)")] = None,
     data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
     split: Annotated[str | None, typer.Option(help=SPLIT_HELP)] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate the first N tasks.")] = None,
@@ -264,19 +271,34 @@ def eval_(
     ] = "oracle",
     samples: Annotated[int, typer.Option(help="k sessions per task (pass@k).")] = 1,
     output: Annotated[Path | None, typer.Option(help="Write the result as JSON here.")] = None,
-    temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 1.0,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 512,
+    temperature: Annotated[
+        float | None, typer.Option(min=0.0, help="0 is greedy (default: 1, or the preset's).")
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Per attempt or turn (default: 512, or the preset's).")
+    ] = None,
     critic_max_new_tokens: Annotated[int | None, typer.Option(min=1, help=CRITIC_BUDGET_HELP)] = (
         None
     ),
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Critique-free success and pass@k; with --rounds R, success after each round of critique."""
-    from icrl_cli.evaluation.evaluate import default_split, eval_tables, evaluate
+    from icrl_cli.evaluation.evaluate import (
+        default_split,
+        eval_tables,
+        evaluate,
+        preset_measurement,
+    )
     from icrl_cli.trainer.loop import make_environment
 
-    environment = make_environment(env, data, {})
-    split = split or default_split(environment)
+    chosen = preset_measurement(resolve(preset, []) if preset else None, env, data)
+    model = model or chosen.model
+    if model is None:
+        raise ConfigError("give --model, or a --preset whose model is measured")
+    env = chosen.env
+    data = data or chosen.data
+    environment = make_environment(env, data, chosen.options)
+    split = split or chosen.split or default_split(environment)
     result = evaluate(
         model,
         environment,
@@ -284,14 +306,15 @@ def eval_(
         data or "default",
         split,
         limit,
-        max_new_tokens,
-        temperature,
+        max_new_tokens or chosen.max_new_tokens,
+        chosen.temperature if temperature is None else temperature,
         seed,
         rounds=rounds,
         critic=critic,
         gate=gate,
         samples=samples,
-        critic_max_new_tokens=critic_max_new_tokens,
+        critic_max_new_tokens=critic_max_new_tokens or chosen.critic_max_new_tokens,
+        turns=chosen.turns,
     )
     for table in eval_tables(result):
         console.print(table)

@@ -34,6 +34,8 @@ def test_help_lists_the_subcommands():
             "environment 'household' rejects its options",
         ),
         (["eval", "--model", "./no/such/dir"], "model path './no/such/dir' does not exist"),
+        (["eval"], "give --model, or a --preset whose model is measured"),
+        (["eval", "--preset", "nope"], "nope"),
         (["eval", "--model", "tiny", "--data", "/no/file.jsonl"], "/no/file.jsonl"),
         (["eval", "--model", "tiny", "--split", "validation"], "validation"),
     ],

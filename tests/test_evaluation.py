@@ -14,6 +14,7 @@ from icrl_cli.app import app
 from icrl_cli.evaluation.compare import critic_comparison, parse_named_critics
 from icrl_cli.evaluation.dump import response_segments, revision_weights, session_order
 from icrl_cli.evaluation.evaluate import (
+    PresetMeasurement,
     by_task_type,
     default_split,
     pass_at_k,
@@ -312,6 +313,47 @@ def test_eval_with_rounds_samples_and_a_critic(tiny_dir, tmp_path):
     assert data["success_round1"] * 12 == pytest.approx(round(data["success_round1"] * 12))
     assert data["pass_at_k"] >= data["success_round1"]
     assert data["critique_tokens_mean"] > 0 and data["by_task_type"] == {}
+
+
+def test_eval_under_a_preset_takes_its_environment_and_limits_unless_flags_say_otherwise():
+    from icrl_cli.config import resolve
+    from icrl_cli.evaluation.evaluate import measurement_config, preset_measurement
+
+    preset = resolve("tiny-household", [])
+    # presets/tiny-household.toml, read by hand.
+    chosen = preset_measurement(preset, None, None)
+    assert (chosen.model, chosen.env, chosen.split) == (
+        "tiny-household",
+        "household",
+        "eval_out_of_distribution",
+    )
+    assert chosen.options == {"task_types": ["pick_and_place_simple"]}
+    assert (chosen.max_new_tokens, chosen.temperature, chosen.critic_max_new_tokens) == (
+        48,
+        1.0,
+        48,
+    )
+    assert chosen.turns == {"max_turns": 10, "repeat_limit": 3, "summary_observation_chars": 120}
+    config = measurement_config("tiny", 2, "oracle", 48, 1.0, turns=chosen.turns)
+    assert (config.env.max_turns, config.env.summary_observation_chars) == (10, 120)
+    # Another environment: none of the preset's environment settings; no preset: eval's own.
+    other = preset_measurement(preset, "math", None)
+    assert (other.env, other.options, other.split, other.data) == ("math", {}, None, None)
+    assert preset_measurement(None, None, None) == PresetMeasurement()
+    assert (PresetMeasurement().env, PresetMeasurement().max_new_tokens) == ("math", 512)
+
+
+def test_eval_with_a_preset_measures_its_tasks_with_its_budgets(tiny_dir, tmp_path):
+    out = tmp_path / "eval.json"
+    flags = "--limit 2 --rounds 2 --temperature 0.5 --output"
+    result = icrl(f"eval --preset tiny-household --model tiny {flags}", out)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert (data["env"], data["split"], data["n"]) == ("household", "eval_out_of_distribution", 2)
+    assert list(data["by_task_type"]) == ["pick_and_place_simple"]  # the preset's one type
+    assert data["temperature"] == 0.5  # the flag wins over the preset's 1.0
+    # Critiques are held to the preset's 48 tokens (the run default is 1,024).
+    assert 0 < data["critique_tokens_mean"] <= 48
 
 
 def test_critique_compare_writes_a_table_json_and_chart(tiny_dir, tmp_path):

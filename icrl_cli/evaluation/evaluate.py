@@ -42,6 +42,48 @@ def require_positive(**counts: int) -> None:
             raise ConfigError(f"--{name} must be at least 1, got {value}")
 
 
+@dataclass
+class PresetMeasurement:
+    """What ``icrl eval --preset`` takes from a preset where no flag says otherwise."""
+
+    model: str | None = None
+    env: str = "math"
+    data: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    split: str | None = None
+    max_new_tokens: int = 512
+    temperature: float = 1.0
+    critic_max_new_tokens: int | None = None
+    turns: dict[str, int] = field(default_factory=dict)
+
+
+def preset_measurement(
+    config: RunConfig | None, env: str | None, data: str | None
+) -> PresetMeasurement:
+    """A preset's model, environment (``env`` where given; the preset's data, options and eval
+    split only where ``env`` and ``data`` do not name others), generation settings, critique
+    budget and multi-turn limits; without a preset, eval's own defaults."""
+    if config is None:
+        return PresetMeasurement(env=env or "math")
+    own = env in (None, config.env.name)
+    own_data = own and data in (None, config.env.data)
+    return PresetMeasurement(
+        model=config.model.name,
+        env=env or config.env.name,
+        data=config.env.data if own else None,
+        options=dict(config.env.options) if own_data else {},
+        split=config.env.eval_split if own_data else None,
+        max_new_tokens=config.generation.max_new_tokens,
+        temperature=config.generation.temperature,
+        critic_max_new_tokens=config.algo.critic_max_new_tokens,
+        turns={
+            "max_turns": config.env.max_turns,
+            "repeat_limit": config.env.repeat_limit,
+            "summary_observation_chars": config.env.summary_observation_chars,
+        },
+    )
+
+
 def measurement_config(
     model_name: str,
     rounds: int,
@@ -52,13 +94,16 @@ def measurement_config(
     device: str = "auto",
     enable_thinking: bool = False,
     critic_max_new_tokens: int | None = None,
+    turns: dict[str, int] | None = None,
 ) -> RunConfig:
     """The run settings a measurement samples under: the defaults of a run, with this model,
-    these rounds and gate, and these generation settings (the critique budget is the run
-    default, ``algo.critic_max_new_tokens``, unless given)."""
+    these rounds and gate, these generation settings (the critique budget is the run
+    default, ``algo.critic_max_new_tokens``, unless given) and multi-turn limits (``turns``:
+    ``env`` keys)."""
     budget = {"critic_max_new_tokens": critic_max_new_tokens} if critic_max_new_tokens else {}
     return build_config(
         {
+            "env": dict(turns or {}),
             "model": {"name": model_name, "device": device, "enable_thinking": enable_thinking},
             "algo": {
                 "name": "icrl" if rounds > 1 else "grpo",
@@ -205,10 +250,12 @@ def evaluate(
     gate: str = "oracle",
     samples: int = 1,
     critic_max_new_tokens: int | None = None,
+    turns: dict[str, int] | None = None,
 ) -> EvalResult:
     """k = ``samples`` sessions on each of the first ``limit`` tasks of ``split``, each with up
     to ``rounds`` attempts; after a failed attempt (every attempt, ungated) ``critic`` writes a
-    critique and the solver tries again."""
+    critique and the solver tries again. ``turns`` sets the multi-turn limits (``env`` keys:
+    max_turns, repeat_limit, summary_observation_chars)."""
     require_positive(rounds=rounds, samples=samples)
     spec = parse_critic_spec(critic)
     tasks = select_tasks(env, f"{env_name}:{data}", split, limit)
@@ -222,6 +269,7 @@ def evaluate(
         device,
         enable_thinking,
         critic_max_new_tokens,
+        turns,
     )
     policy = load_policy(config)
     settings = replace(policy.settings, sessions_per_query=samples)
