@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -131,7 +132,8 @@ def train(
         return
 
     final = run_training(config, run_dir, resume=resume is not None, console=errors)
-    console.print(f"done: {final}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        console.print(f"done: {final}")
 
 
 def print_plan(config: RunConfig, run_dir: Path) -> None:

@@ -4,6 +4,7 @@ on all three roles so that its own critique already helps before any RL."""
 import json
 
 import torch
+from micro_model import micro_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import environments
@@ -45,29 +46,13 @@ def test_critique_free_success_is_in_band_and_self_critique_helps(tiny_dir):
     assert measured["solver/success_final"] >= measured["solver/success_round1"] + 0.05
 
 
-def _micro_model(vocab_size: int):
-    """A one-layer Qwen3 16 wide: the warm-start's loss and steps, checked by hand."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    config = Qwen3Config(
-        vocab_size=vocab_size,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=8,
-    )
-    return Qwen3ForCausalLM(config)
-
-
 def test_sft_loss_weighs_each_target_token_by_its_mask_value():
     from types import SimpleNamespace
 
     from icrl_cli.tiny import sft_batch, sft_loss
 
     torch.manual_seed(0)
-    model = _micro_model(vocab_size=12)
+    model = micro_model(vocab_size=12)
     tokenizer = SimpleNamespace(pad_token_id=0)
     pairs = [([3, 4], [5, 6, 7]), ([8], [9, 10])]
     plain = sft_batch(tokenizer, pairs, [[1, 0, 1], [1, 1]])
@@ -114,7 +99,7 @@ def test_supervise_in_length_sorted_chunks_takes_the_single_forward_gradient():
     gradients = []
     for chunks in (1, 2, 4):
         torch.manual_seed(0)
-        model = _micro_model(vocab_size=20)
+        model = micro_model(vocab_size=20)
         seen = []
         clip = torch.nn.utils.clip_grad_norm_
 

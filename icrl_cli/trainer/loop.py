@@ -7,6 +7,7 @@ Face model directory).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -27,7 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 import environments
 from environments import Environment, Task
 from environments.math import grading
-from icrl_cli.config import RunConfig, to_toml
+from icrl_cli.config import ConfigError, RunConfig, to_toml
 from icrl_cli.generation.hf import HFBackend
 from icrl_cli.models import load_model, resolve_model_name
 from icrl_cli.rollout.critics import CriticSpec, make_critic, parse_critic_spec
@@ -41,6 +42,7 @@ from icrl_cli.rollout.sessions import (
     session_metrics,
     swap_in_best_refinements,
 )
+from icrl_cli.trainer import distributed
 from icrl_cli.trainer.policy import (
     UpdateStats,
     assign_advantages,
@@ -225,25 +227,40 @@ def write_model(
     _write_json(path / PROMPTS_FILE, prompts.to_json())
 
 
+def rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    random.setstate(rng["python"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"]:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Prompts,
-    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict[str, Any],
+    rngs: list[dict[str, Any]],
     state: dict[str, Any],
     keep: int,
 ) -> Path:
+    """``checkpoints/step-N``: the model, the optimizer state, each rank's random state
+    (``rng.pt``: a list, rank by rank) and the trainer's, written atomically; the oldest beyond
+    ``keep`` are removed."""
+
     def write(path: Path) -> None:
         write_model(path, model, tokenizer, prompts)
-        torch.save(optimizer.state_dict(), path / "optimizer.pt")
-        rng = {
-            "python": random.getstate(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
-        torch.save(rng, path / "rng.pt")
+        torch.save(optimizer_state, path / "optimizer.pt")
+        torch.save(rngs, path / "rng.pt")
         _write_json(path / "trainer_state.json", {"step": step, **state})
 
     target = write_atomically(run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step}", write)
@@ -301,17 +318,40 @@ def seed_everything(seed: int) -> None:
 def train(
     config: RunConfig, run_dir: Path, resume: bool = False, console: Console | None = None
 ) -> Path:
-    """Run (or continue) training into ``run_dir``; returns the path of ``final/``."""
-    console = console or Console(stderr=True)
+    """Run (or continue) training into ``run_dir``; returns the path of ``final/``. Under
+    ``torchrun``, every rank runs this (see ``trainer.distributed``); rank 0 writes."""
+    world = distributed.setup()
+    try:
+        return _train(config, run_dir, resume, console or Console(stderr=True), world)
+    finally:
+        distributed.teardown(world)
+
+
+def _train(
+    config: RunConfig, run_dir: Path, resume: bool, console: Console, world: distributed.World
+) -> Path:
+    if config.train.queries_per_step % world.size:
+        raise ConfigError(
+            f"train.queries_per_step ({config.train.queries_per_step}) must be a multiple of "
+            f"the number of ranks ({world.size}): each rank plays whole queries"
+        )
     env = make_environment(config.env.name, config.env.data, config.env.options)
     train_tasks = list(env.tasks(config.env.train_split))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(to_toml(config))
-    seed_everything(config.train.seed)
+    run_dir = world.broadcast(run_dir)  # a default name carries rank 0's clock
+    seed_everything(config.train.seed + world.rank)  # ranks sample their own noise
+    if world.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(to_toml(config))
+        if world.size > 1:
+            resolve_model_name(config.model.name)  # an embedded model is built once, here
+    # No rank reads the run directory, or the model, before rank 0 has set them up.
+    world.barrier()
     checkpoints = list_checkpoints(run_dir) if resume else []
     policy = load_policy(config, str(checkpoints[-1]) if checkpoints else None)
     model, tokenizer, backend = policy.model, policy.tokenizer, policy.backend
     prompts, settings = policy.prompts, policy.settings
+    # One process trains the model it samples from; several train a sharded copy of it.
+    trained = distributed.shard_for_update(model) if world.size > 1 else model
     ref_model = None
     if config.algo.kl_coef > 0:
         ref_model, _ = load_model(
@@ -322,7 +362,7 @@ def train(
         )
         ref_model.eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(
-        model.parameters(),
+        trained.parameters(),
         lr=config.train.lr,
         betas=config.train.betas,
         weight_decay=config.train.weight_decay,
@@ -334,23 +374,31 @@ def train(
     if checkpoints:
         ckpt = checkpoints[-1]
         state = json.loads((ckpt / "trainer_state.json").read_text())
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=model.device))
-        rng = torch.load(ckpt / "rng.pt", weights_only=False)
-        random.setstate(rng["python"])
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"]:
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        saved = torch.load(ckpt / "optimizer.pt", map_location=model.device)
+        if world.size > 1:
+            distributed.load_optimizer_state(trained, optimizer, saved)
+        else:
+            optimizer.load_state_dict(saved)
+        rngs = torch.load(ckpt / "rng.pt", weights_only=False)
+        if isinstance(rngs, dict):  # a checkpoint from before rng.pt held one state per rank
+            rngs = [rngs]
+        if len(rngs) == world.size:
+            restore_rng(rngs[world.rank])
+        elif world.main:
+            console.print(f"{ckpt} was written by {len(rngs)} ranks: random states start anew")
         sampler.restore(state["sampler"])
         start_step, skipped_steps = state["step"], state["skipped_steps"]
         failed_episodes = state.get("failed_episodes", 0)
-        truncate_metrics(metrics_path, start_step)
-        console.print(f"resuming from {ckpt} (step {start_step})")
+        if world.main:
+            truncate_metrics(metrics_path, start_step)
+        if world.main:
+            console.print(f"resuming from {ckpt} (step {start_step})")
     elif resume:
-        console.print(f"no checkpoint in {run_dir}; starting from step 0")
+        if world.main:
+            console.print(f"no checkpoint in {run_dir}; starting from step 0")
+            metrics_path.unlink(missing_ok=True)
+    elif world.main:
         metrics_path.unlink(missing_ok=True)
-    else:
-        metrics_path.unlink(missing_ok=True)
-
     progress = Progress(
         TextColumn("[bold]train[/bold]"),
         BarColumn(),
@@ -359,13 +407,16 @@ def train(
         TimeRemainingColumn(),
         console=console,
         transient=False,
+        disable=not world.main,
     )
-    with progress, metrics_path.open("a") as metrics_file:
+    # Rank 0 reports and writes; the other ranks play their share and join the update.
+    metrics_file = metrics_path.open("a") if world.main else contextlib.nullcontext()
+    with progress, metrics_file:
         bar = progress.add_task("train", total=config.train.steps, completed=start_step, info="")
         for step in range(start_step + 1, config.train.steps + 1):
             timeouts_before = grading.timeouts()
             started = time.perf_counter()
-            queries = sampler.next(config.train.queries_per_step)
+            queries = world.shard(sampler.next(config.train.queries_per_step))
             samples = run_sessions(backend, tokenizer, env, queries, settings, prompts, critic)
             rollout_time = time.perf_counter() - started
             started = time.perf_counter()
@@ -374,15 +425,19 @@ def train(
                 recompute_behavior_logprobs(
                     model, batch, tokenizer.pad_token_id, config.train.micro_batch_size
                 )
-            if batch:
+            if world.sum([len(batch)])[0]:
                 stats = policy_update(
-                    model, ref_model, optimizer, batch, config, tokenizer.pad_token_id
+                    trained, ref_model, optimizer, batch, config, tokenizer.pad_token_id, world
                 )
+                if trained is not model:
+                    distributed.copy_weights(trained, model)
                 backend.sync_weights()
             else:  # every episode of the step was lost to its environment
                 stats = UpdateStats.skipped_step()
             update_time = time.perf_counter() - started
             skipped_steps += stats.skipped
+            samples = world.gather(samples)  # what every rank played, for the metrics
+            solver_batch = world.gather([s for s in batch if s.role == "solver"])
             sessions = session_metrics(samples, settings.gate)
             failed_episodes += sessions["env/failed_episodes"]
             response_tokens = sum(len(s.response_ids) for s in samples)
@@ -391,9 +446,7 @@ def train(
                 **sessions,
                 "env/failed_episodes_total": failed_episodes,
                 **episode_metrics(samples),
-                "solver/frac_reward_zero_std": zero_std_fraction(
-                    [s for s in batch if s.role == "solver"]
-                ),
+                "solver/frac_reward_zero_std": zero_std_fraction(solver_batch),
                 "calib/w_mean_revision": stats.w_mean_revision,
                 "calib/w_clip_frac": stats.w_clip_frac,
                 "loss/policy": stats.loss_policy,
@@ -409,36 +462,50 @@ def train(
                 "throughput/tokens_per_s": response_tokens / (rollout_time + update_time),
                 "throughput/samples": len(samples),
                 "memory/peak_mb": peak_memory_mb(model.device),
+                **({"world/ranks": world.size} if world.size > 1 else {}),
             }
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
-            if config.train.samples_every and step % config.train.samples_every == 0:
+            if world.main:
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+            if world.main and config.train.samples_every and step % config.train.samples_every == 0:
                 sample_dir = run_dir / "samples"
                 sample_dir.mkdir(exist_ok=True)
                 with (sample_dir / f"step-{step}.jsonl").open("w") as f:
                     for s in samples:
                         f.write(json.dumps(s.to_json()) + "\n")
             if config.train.save_every and step % config.train.save_every == 0:
-                save_checkpoint(
-                    run_dir,
-                    step,
-                    model,
-                    tokenizer,
-                    prompts,
-                    optimizer,
-                    {
-                        "skipped_steps": skipped_steps,
-                        "failed_episodes": failed_episodes,
-                        "sampler": sampler.state(),
-                    },
-                    config.train.keep_checkpoints,
-                )
+                if world.size > 1:  # collectives: every rank takes part
+                    optimizer_state = distributed.optimizer_state(trained, optimizer)
+                else:
+                    optimizer_state = optimizer.state_dict()
+                rngs = world.gather([rng_state()])
+                if world.main:
+                    save_checkpoint(
+                        run_dir,
+                        step,
+                        model,
+                        tokenizer,
+                        prompts,
+                        optimizer_state,
+                        rngs,
+                        {
+                            "skipped_steps": skipped_steps,
+                            "failed_episodes": failed_episodes,
+                            "sampler": sampler.state(),
+                        },
+                        config.train.keep_checkpoints,
+                    )
+                world.barrier()  # a checkpoint is whole before any rank goes on
             progress.update(
                 bar,
                 advance=1,
                 info=progress_info(record, skipped_steps, failed_episodes),
             )
-    return write_atomically(
-        run_dir / "final",
-        functools.partial(write_model, model=model, tokenizer=tokenizer, prompts=prompts),
-    )
+    final = run_dir / "final"
+    if world.main:
+        write_atomically(
+            final,
+            functools.partial(write_model, model=model, tokenizer=tokenizer, prompts=prompts),
+        )
+    world.barrier()
+    return final

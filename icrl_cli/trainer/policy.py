@@ -24,6 +24,7 @@ from icrl_cli.trainer.algorithms import (
     shaped_policy_loss,
     token_weights,
 )
+from icrl_cli.trainer.distributed import World
 
 
 @dataclass
@@ -100,19 +101,50 @@ def micro_batches(lengths: list[int], max_rows: int, max_tokens: int | None) -> 
     return batches
 
 
-def response_logprobs(
-    model: PreTrainedModel, batch: ResponseBatch, with_entropy: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``[n, T]`` log π(y_t | context, y_<t) of each response token, and optionally the entropy.
-
-    Only the logits at response positions are normalised, so memory is n × T × vocab, not
-    n × (prompt + T) × vocab.
-    """
+def response_logits(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """``[n, T, vocab]`` float logits at the ``positions`` that predict response tokens: the
+    output head runs on those positions only, so memory is n × T × vocab, not
+    n × (prompt + T) × vocab."""
     hidden = model.get_decoder()(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask
+        input_ids=input_ids, attention_mask=attention_mask
     ).last_hidden_state
-    index = batch.positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))
-    logits = model.get_output_embeddings()(hidden.gather(1, index)).float()
+    index = positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))
+    return model.get_output_embeddings()(hidden.gather(1, index)).float()
+
+
+class ResponseScorer(torch.nn.Module):
+    """``response_logits`` as one module's forward: what the update trains under FSDP2
+    (``trainer.distributed``), whose root unit (embeddings, tied head, final norm) is gathered
+    around a module's forward and has its gradients reduced after it."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        return response_logits(self.model, input_ids, attention_mask, positions)
+
+
+def response_logprobs(
+    model: PreTrainedModel | ResponseScorer, batch: ResponseBatch, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``[n, T]`` log π(y_t | context, y_<t) of each response token, and optionally the
+    entropy (see ``response_logits``)."""
+    score = (
+        model if isinstance(model, ResponseScorer) else functools.partial(response_logits, model)
+    )
+    logits = score(batch.input_ids, batch.attention_mask, batch.positions)
     logprobs_all = torch.log_softmax(logits, dim=-1)
     logprobs = logprobs_all.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
     entropy = None
@@ -166,24 +198,46 @@ class UpdateStats:
         return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, skipped=True)
 
 
+def _idle_batch(pad_id: int, device: torch.device) -> ResponseBatch:
+    """One padding token with nothing to learn: a rank with fewer micro-batches than another
+    runs these, so that every rank joins the same FSDP collectives."""
+    one = torch.full((1, 1), pad_id, dtype=torch.long, device=device)
+    zero = torch.zeros((1, 1), device=device)
+    return ResponseBatch(
+        input_ids=one,
+        attention_mask=torch.ones_like(one),
+        positions=torch.zeros_like(one),
+        response_ids=one,
+        mask=zero,
+        behavior_logprobs=zero,
+        advantages=torch.zeros(1, device=device),
+        is_revision=torch.zeros(1, dtype=torch.bool, device=device),
+    )
+
+
 def policy_update(
-    model: PreTrainedModel,
+    model: PreTrainedModel | ResponseScorer,
     ref_model: PreTrainedModel | None,
     optimizer: torch.optim.Optimizer,
     samples: list[Sample],
     config: RunConfig,
     pad_id: int,
+    world: World | None = None,
 ) -> UpdateStats:
     """One optimizer step on ``samples`` (Eq. 6), accumulated over micro-batches.
 
     With one update per rollout batch, π_old is the current policy on the training context, so
     ρ ≡ 1 in value while its gradient is ∇log π; the calibration weight compares that π_old with
     the behavior log-probs. A non-finite loss or gradient norm skips the step and leaves the
-    weights untouched.
+    weights untouched. Over several ranks (``world``; ``model`` sharded with FSDP2, which
+    averages gradients over the ranks) each rank brings its own ``samples``: the loss is
+    normalised by every rank's samples and tokens, so the step is the one a single process
+    would take on all of them.
     """
+    world = world or World()
     algo, device = config.algo, model.device
-    num_samples = len(samples)
-    num_tokens = int(sum(sum(s.loss_mask) for s in samples))
+    local_tokens = sum(sum(s.loss_mask) for s in samples)
+    num_samples, num_tokens = (int(n) for n in world.sum([len(samples), local_tokens]))
     totals = dict.fromkeys(
         (
             "policy",
@@ -201,9 +255,15 @@ def policy_update(
     optimizer.zero_grad(set_to_none=True)
     model.train()
     lengths = [len(s.prompt_ids) + len(s.response_ids) for s in samples]
-    chunks = micro_batches(lengths, config.train.micro_batch_size, config.train.micro_batch_tokens)
+    chunks: list[list[int] | None] = list(
+        micro_batches(lengths, config.train.micro_batch_size, config.train.micro_batch_tokens)
+    )
+    chunks += [None] * (world.max(len(chunks)) - len(chunks))
     for chunk in chunks:
-        batch = collate([samples[i] for i in chunk], pad_id, device)
+        if chunk is None:
+            batch = _idle_batch(pad_id, device)
+        else:
+            batch = collate([samples[i] for i in chunk], pad_id, device)
         logprobs, entropy = response_logprobs(model, batch, with_entropy=True)
         old_logprobs = logprobs.detach()
         revision = batch.is_revision.unsqueeze(-1)
@@ -236,7 +296,7 @@ def policy_update(
             kl_loss = reduce(kl_k3(logprobs, ref_logprobs))
             loss = loss + algo.kl_coef * kl_loss
             totals["kl"] += kl_loss.item()
-        loss.backward()
+        (loss * world.size).backward()  # FSDP averages over the ranks; the loss is a sum
         totals["policy"] += policy_loss.item()
         totals["clip"] += (clip_active * batch.mask).sum().item()
         totals["entropy"] += (entropy * batch.mask).sum().item()
@@ -252,6 +312,7 @@ def policy_update(
         outside = (ratio > algo.w_max) | (ratio < algo.w_min)
         totals["w_clip"] += (outside.float() * revision_mask).sum().item()
         totals["rev_tokens"] += revision_mask.sum().item()
+    totals = dict(zip(totals, world.sum(list(totals.values())), strict=True))
     grad_norm = float(
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
     )
