@@ -273,7 +273,8 @@ def supervise(
             # Rows sorted by length and cut in ``chunks`` forwards pad less; each chunk's mean
             # loss is weighed by its share of the role's loss weight, so the gradient is the
             # one of a single forward over all the rows.
-            rows.sort(key=lambda i: len(role_pairs[i][0]) + len(role_pairs[i][1]))
+            if chunks > 1:  # (one forward keeps the draw's order: the same sums as before)
+                rows.sort(key=lambda i: len(role_pairs[i][0]) + len(role_pairs[i][1]))
             size = -(-len(rows) // chunks)
             parts = [
                 sft_batch(
