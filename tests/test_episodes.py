@@ -290,3 +290,47 @@ def test_tiny_household_demonstrations_are_laid_out_exactly_like_a_rollout():
     heavy = len(bpe.encode(take, add_special_tokens=False)) + 1
     assert mask.count(tiny_household.TAKE_WEIGHT) == heavy
     assert len([m for m in mask if m == 1]) == sum(mask) - heavy * tiny_household.TAKE_WEIGHT
+
+
+def test_tiny_household_slips_do_nothing_and_are_not_learnt(monkeypatch):
+    """A slipped demonstration is the expert's episode with one inadmissible turn ("Nothing
+    happens.", the world unchanged) that carries no loss; the expert's turns around it are
+    played and weighed as without it."""
+    import random
+
+    from icrl_cli import tiny_household
+
+    monkeypatch.setattr(tiny_household, "SLIP_SHARE", 1.0)
+    env = environments.make("household", **tiny_household.OPTIONS)
+    tasks = env.tasks("train")[:40]
+    bpe = tiny_household.build_tokenizer(tiny_household.corpus(env, tasks[:10]))
+    draw = random.Random(0)
+    kinds = set()
+    for task in tasks:
+        steps = tiny_household.searched(env, task)
+        plain, plain_reward = tiny_household.episode(env, task, steps)
+        turns, reward, at = tiny_household.slipped_episode(env, task, steps, draw)
+        assert at is not None and 1 <= at <= tiny_household.SETTINGS.max_turns - 2
+        slip, observation = turns[at]
+        assert observation == "Nothing happens."
+        kinds.add(react_action(slip).split()[0])
+        rest = turns[:at] + turns[at + 1 :]
+        # The slip takes a turn of the budget: the plain episode less its last turn at most.
+        assert rest == plain[: len(rest)] and len(rest) >= len(plain) - 1
+        assert reward == (plain_reward if len(rest) == len(plain) else 0.0)
+        ids, mask = tiny_household.episode_target(bpe, turns, done=True, skip=at)
+        plain_ids, plain_mask = tiny_household.episode_target(bpe, rest, done=True)
+        slip_ids = bpe.encode(slip, add_special_tokens=False) + [bpe.eos_token_id]
+        start = len(tiny_household.episode_target(bpe, turns[:at], done=False)[0])
+        assert ids[start : start + len(slip_ids)] == slip_ids
+        assert mask[start : start + len(slip_ids)] == [0] * len(slip_ids)
+        # Without the slip's turn and its observation, the target is the plain one.
+        cut = start + len(slip_ids) + len(observation_ids(bpe, observation))
+        assert ids[:start] + ids[cut:] == plain_ids and mask[:start] + mask[cut:] == plain_mask
+    assert kinds == {"go", "take"}
+    monkeypatch.setattr(tiny_household, "SLIP_SHARE", 0.0)
+    steps = tiny_household.searched(env, tasks[0])
+    assert tiny_household.slipped_episode(env, tasks[0], steps, draw) == (
+        *tiny_household.episode(env, tasks[0], steps),
+        None,
+    )
