@@ -391,7 +391,6 @@ def _train(
         failed_episodes = state.get("failed_episodes", 0)
         if world.main:
             truncate_metrics(metrics_path, start_step)
-        if world.main:
             console.print(f"resuming from {ckpt} (step {start_step})")
     elif resume:
         if world.main:
