@@ -51,7 +51,7 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 def test_a_torchrun_run_trains_checkpoints_and_resumes_exactly(tiny_dir, tmp_path):
-    # tiny_dir: the tiny model is built here first, not by two ranks at once.
+    # tiny_dir: the tiny model is built before the ranks start, not inside the timed run.
     def train(run_dir: Path, *extra: str) -> None:
         settings = ["--set", "train.queries_per_step=4", "--set", "algo.sessions_per_query=4"]
         command = ["-m", "icrl_cli", "train", "--preset", "tiny-math", "--algo", "grpo"]

@@ -342,10 +342,7 @@ def _train(
     if world.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(to_toml(config))
-        if world.size > 1:
-            resolve_model_name(config.model.name)  # an embedded model is built once, here
-    # No rank reads the run directory, or the model, before rank 0 has set them up.
-    world.barrier()
+    # (An embedded model that is not built yet is built by one rank: its cache holds a lock.)
     checkpoints = list_checkpoints(run_dir) if resume else []
     policy = load_policy(config, str(checkpoints[-1]) if checkpoints else None)
     model, tokenizer, backend = policy.model, policy.tokenizer, policy.backend
