@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -41,6 +40,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from reproduce_report import markdown, plot, summarise
 
 # ``--set`` overrides of ``icrl train`` per configuration (values are TOML).
 CONFIGS: dict[str, list[str]] = {
@@ -120,12 +121,11 @@ class Evaluator:
     """Critique-free success of model directories on one preset's held-out split."""
 
     def __init__(self, preset: str, plan: Plan) -> None:
+        from icrl_cli.components import environment
         from icrl_cli.config import resolve
-        from icrl_cli.trainer.loop import make_environment
 
         self.config = resolve(preset, [])
-        env = self.config.env
-        self.env = make_environment(env.name, env.data, env.options)
+        self.env = environment(self.config)
         self.plan = plan
 
     def success(self, model: str) -> float:
@@ -263,139 +263,7 @@ def warm_start_report(preset: str) -> dict[str, Any] | None:
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# Summaries
-
-
-def spread(values: list[float]) -> tuple[float, float, float, float]:
-    """Mean, sample standard deviation (0 for one value), min and max."""
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return statistics.fmean(values), sd, min(values), max(values)
-
-
-def curve(runs: list[dict[str, Any]], base: float) -> dict[int, tuple[float, float, float, float]]:
-    steps = sorted({s for r in runs for s in r["success"]})
-    points = {0: (base, 0.0, base, base)}
-    for step in steps:
-        points[step] = spread([r["success"][step] for r in runs if step in r["success"]])
-    return points
-
-
-def revision_weight(run: dict[str, Any], last_fraction: float = 0.2) -> float | None:
-    """Mean ``calib/w_mean_revision`` over the last ``last_fraction`` of the steps."""
-    series = run["w_mean_revision"]
-    tail = [w for w in series[int(len(series) * (1 - last_fraction)) :] if w is not None]
-    return statistics.fmean(tail) if tail else None
-
-
-def markdown(summary: dict[str, Any]) -> str:
-    lines = []
-    for preset, block in summary["presets"].items():
-        plan = block["plan"]
-        lines += [
-            f"### {preset}: {plan['steps']} steps, seeds {plan['seeds']}, "
-            f"held-out n = {plan['eval_limit']}",
-            "",
-            "| configuration | success, step 0 | success, last step (mean ± sd) | per seed "
-            "| best step (mean) | w_mean_revision, last 20% | run wall time (s) |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for config, row in block["configs"].items():
-            points = {int(k): v for k, v in row["curve"].items()}
-            last = max(points)
-            mean, sd, _, _ = points[last]
-            best = max(points, key=lambda s: points[s][0])
-            per_seed = ", ".join(f"{v:.3f}" for v in row["final_per_seed"])
-            weight, wall = row["w_mean_revision_tail"], row["wall_s_mean"]
-            name = config
-            if row["steps_done"] < plan["steps"]:
-                name += f" (unfinished: step {row['steps_done']}, evaluated to {last})"
-            lines.append(
-                f"| {name} | {points[0][0]:.3f} | {mean:.3f} ± {sd:.3f} | {per_seed} "
-                f"| {points[best][0]:.3f} @ {best} "
-                f"| {'–' if weight is None else f'{weight:.3f}'} "
-                f"| {'–' if wall is None else f'{wall:.0f}'} |"
-            )
-        lines.append("")
-    return "\n".join(lines)
-
-
-def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    for preset, block in summary["presets"].items():
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for config, row in block["configs"].items():
-            points = sorted((int(k), v) for k, v in row["curve"].items())
-            steps = [s for s, _ in points]
-            ax.plot(steps, [p[0] for _, p in points], marker="o", label=config)
-            ax.fill_between(steps, [p[2] for _, p in points], [p[3] for _, p in points], alpha=0.2)
-        seeds = len(block["plan"]["seeds"])
-        title = f"{preset}: mean of {seeds} seed(s), band = min..max"
-        written.append(
-            save(fig, ax, "critique-free success (held-out)", title, out, preset, "success")
-        )
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for config in block["configs"]:
-            series = [
-                r["w_mean_revision"] for r in runs if (r["preset"], r["config"]) == (preset, config)
-            ]
-            longest = max(map(len, series))
-            steps = range(1, longest + 1)
-            means = []
-            for values in zip(*(w + [None] * (longest - len(w)) for w in series), strict=True):
-                known = [v for v in values if v is not None]
-                means.append(statistics.fmean(known) if known else float("nan"))
-            if any(m == m for m in means):  # NaN != NaN: skip configurations without revisions
-                ax.plot(steps, means, label=config)
-        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        title = f"{preset}: mean calibration weight on revisions (seed mean)"
-        written.append(save(fig, ax, "calib/w_mean_revision", title, out, preset, "w_revision"))
-    return written
-
-
-def save(fig: Any, ax: Any, ylabel: str, title: str, out: Path, preset: str, name: str) -> Path:
-    import matplotlib.pyplot as plt
-
-    ax.set(xlabel="training step", ylabel=ylabel, title=title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / f"{preset}-{name}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def summarise(
-    runs: list[dict[str, Any]], bases: dict[str, float], plans: dict[str, Plan], models: dict
-) -> dict[str, Any]:
-    presets: dict[str, Any] = {}
-    for preset, plan in plans.items():
-        configs: dict[str, Any] = {}
-        for config in CONFIGS:
-            chosen = [r for r in runs if (r["preset"], r["config"]) == (preset, config)]
-            if not chosen:
-                continue
-            weights = [w for w in map(revision_weight, chosen) if w is not None]
-            walls = [r["wall_s"] for r in chosen if r["wall_s"] is not None]
-            configs[config] = {
-                "curve": curve(chosen, bases[preset]),
-                "final_per_seed": [r["success"][max(r["success"])] for r in chosen],
-                "seeds": [r["seed"] for r in chosen],
-                "steps_done": min(r.get("steps_done", r["steps"]) for r in chosen),
-                "w_mean_revision_tail": statistics.fmean(weights) if weights else None,
-                "wall_s_mean": statistics.fmean(walls) if walls else None,
-            }
-        presets[preset] = {"plan": vars(plan), "model": models[preset], "configs": configs}
-    return {"presets": presets}
-
-
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed and a few steps per preset")
     parser.add_argument("--presets", nargs="+", default=["tiny-math", "tiny-household"])
@@ -422,11 +290,11 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="Output folder (default bench/out/reproduce…).")
     parser.add_argument("--run", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.run:
-        complete_run(json.loads(args.run))
-        return
+    return parser.parse_args()
 
+
+def choose_plans(args: argparse.Namespace) -> dict[str, Plan]:
+    """Each preset's quick or full plan with the command line's overrides."""
     plans = {}
     for preset in args.presets:
         plan = (QUICK if args.quick else FULL)[preset]
@@ -436,47 +304,82 @@ def main() -> None:
             eval_limit=args.eval_limit or plan.eval_limit,
             seeds=tuple(args.seeds) if args.seeds else plan.seeds,
         )
+    return plans
+
+
+def plan_jobs(
+    plans: dict[str, Plan], configs: list[str], out: Path, threads: int
+) -> list[dict[str, Any]]:
+    jobs = []
+    for preset, plan in plans.items():
+        for seed in plan.seeds:  # seed-major: a cut-short run still covers every configuration
+            for config in configs:
+                run_dir = out / preset / slug(config) / f"seed-{seed}"
+                job = {"preset": preset, "config": config, "seed": seed, "plan": asdict(plan)}
+                jobs.append({**job, "run_dir": str(run_dir), "threads": threads})
+    return jobs
+
+
+def run_pending(
+    pending: list[dict[str, Any]], at_once: int, started: float
+) -> list[dict[str, Any]]:
+    """Launch the runs not yet complete, ``at_once`` at a time; the results of those that worked."""
+    runs = []
+    with ThreadPoolExecutor(at_once) as pool:
+        futures = {pool.submit(launch_run, job): job for job in pending}
+        for future in as_completed(futures):
+            job, result = futures[future], future.result()
+            status = "done" if result is not None else f"FAILED (see {job['run_dir']}/run.log)"
+            print(
+                f"[{time.perf_counter() - started:6.0f} s] {job['preset']} {job['config']} "
+                f"seed {job['seed']}: {status}",
+                flush=True,
+            )
+            if result is not None:
+                runs.append(result)
+    return runs
+
+
+def unfinished_results(jobs: list[dict[str, Any]], plans: dict[str, Plan]) -> list[dict[str, Any]]:
+    """``partial_result`` of each run without a ``result.json`` that has written a checkpoint."""
+    evaluators = {preset: Evaluator(preset, plan) for preset, plan in plans.items()}
+    runs = []
+    for job in jobs:
+        if read_result(Path(job["run_dir"])) is None:
+            partial = partial_result(job, evaluators[job["preset"]])
+            if partial is not None:
+                runs.append(partial)
+    return runs
+
+
+def main() -> None:
+    args = parse_args()
+    if args.run:
+        complete_run(json.loads(args.run))
+        return
+
+    plans = choose_plans(args)
     out = args.out or Path("bench/out") / ("reproduce-quick" if args.quick else "reproduce")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     import torch
 
     torch.set_num_threads(args.threads)
-    bases, models, jobs = {}, {}, []
+    bases, models = {}, {}
     for preset, plan in plans.items():
         models[preset] = warm_start_report(preset)
         bases[preset] = base_success(preset, out, Evaluator(preset, plan))
-        for seed in plan.seeds:  # seed-major: a cut-short run still covers every configuration
-            for config in args.configs:
-                run_dir = out / preset / slug(config) / f"seed-{seed}"
-                job = {"preset": preset, "config": config, "seed": seed, "plan": asdict(plan)}
-                jobs.append({**job, "run_dir": str(run_dir), "threads": args.threads})
+    jobs = plan_jobs(plans, args.configs, out, args.threads)
     runs = [r for r in (read_result(Path(j["run_dir"])) for j in jobs) if r is not None]
     pending = [j for j in jobs if read_result(Path(j["run_dir"])) is None]
     print(f"{len(runs)} runs complete, {len(pending)} to go", flush=True)
     if pending and not args.summarise_only:
-        with ThreadPoolExecutor(args.jobs) as pool:
-            futures = {pool.submit(launch_run, job): job for job in pending}
-            for future in as_completed(futures):
-                job, result = futures[future], future.result()
-                status = "done" if result is not None else f"FAILED (see {job['run_dir']}/run.log)"
-                print(
-                    f"[{time.perf_counter() - started:6.0f} s] {job['preset']} {job['config']} "
-                    f"seed {job['seed']}: {status}",
-                    flush=True,
-                )
-                if result is not None:
-                    runs.append(result)
+        runs += run_pending(pending, args.jobs, started)
     if args.include_unfinished:
-        evaluators = {preset: Evaluator(preset, plan) for preset, plan in plans.items()}
-        for job in jobs:
-            if read_result(Path(job["run_dir"])) is None:
-                partial = partial_result(job, evaluators[job["preset"]])
-                if partial is not None:
-                    runs.append(partial)
+        runs += unfinished_results(jobs, plans)
     order = {(j["preset"], j["config"], j["seed"]): i for i, j in enumerate(jobs)}
     runs.sort(key=lambda r: order[(r["preset"], r["config"], r["seed"])])
-    summary = summarise(runs, bases, plans, models)
+    summary = summarise(runs, bases, plans, models, CONFIGS)
     summary["runs"] = runs
     summary["elapsed_s"] = time.perf_counter() - started
     write_json(out / "results.json", summary)

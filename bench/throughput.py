@@ -38,105 +38,26 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+
+from step_timing import RunResult, Settings, peak_rss_mb, sync, tiny_setup, torch_adamw
+from trl_worker import run_trl
 
 CONTENDERS = ("grpo", "trl", "floor", "icrl")
 
 
-@dataclass
-class Settings:
-    queries: int = 16
-    group: int = 8
-    max_new_tokens: int = 40
-    temperature: float = 1.0
-    lr: float = 2e-4
-    steps: int = 4
-    # One thread: on a shared 2-core machine, two OpenMP threads per process spin-wait for each
-    # other whenever another process holds a core, which can make a step several times slower.
-    threads: int = 1
-    seed: int = 0
-    model: str = "tiny"  # a model name or directory (bench/scaling.py passes untrained ones)
-    # "cpu" or "cuda": every contender runs there, in float32 (TRL's bf16 is off, icrl's dtype
-    # is float32), and on "cuda" each step's clock is read after a device synchronisation.
-    device: str = "cpu"
-
-
-@dataclass
-class RunResult:
-    """What one worker subprocess measured."""
-
-    contender: str
-    step_s: list[float]  # measured steps only (the warm-up is dropped)
-    samples: list[int]
-    tokens: list[int]
-    peak_rss_mb: float
-    phases: dict[str, list[float]] = field(default_factory=dict)  # e.g. generation vs update
-    threads: int = 0  # torch's thread count at the end of the run (a library may change it)
-    peak_gpu_mb: float = 0.0  # torch.cuda.max_memory_allocated, on "cuda"
-
-    def rates(self) -> dict[str, float]:
-        seconds = sum(self.step_s)
-        return {
-            "step_s": seconds / len(self.step_s),
-            "samples_per_s": sum(self.samples) / seconds,
-            "tokens_per_s": sum(self.tokens) / seconds,
-        }
-
-
-def peak_rss_mb() -> float:
-    """This process's high-water resident set size (``VmHWM``), in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def sync(device: str) -> None:
-    """Wait for the device's queued work, so that a clock read after it counts that work."""
-    if device != "cpu":
-        import torch
-
-        torch.cuda.synchronize()
-
-
-def tiny_setup(settings: Settings) -> tuple[Any, Any, list[Any], Path]:
-    """The math environment of the tiny-math preset, the model's prompts, the train tasks and
-    the model directory."""
-    from icrl_cli.config import resolve
-    from icrl_cli.models import resolve_model_name
-    from icrl_cli.rollout.prompts import Prompts
-    from icrl_cli.trainer.loop import make_environment
-
-    config = resolve("tiny-math", [])
-    env = make_environment(config.env.name, config.env.data, config.env.options)
-    model_dir = Path(resolve_model_name(settings.model))
-    prompts = Prompts.resolve({}, str(model_dir))
-    return env, prompts, list(env.tasks(config.env.train_split)), model_dir
-
-
 # ---------------------------------------------------------------------------------------------
-# Workers: each runs warm-up + steps in its own process and returns a RunResult.
+# Workers: each runs warm-up + steps in its own process and returns a RunResult (TRL's is in
+# trl_worker.py, the pieces they share in step_timing.py).
 
 
 def run_icrl(settings: Settings, algo: str) -> RunResult:
+    from icrl_cli import components
     from icrl_cli.config import resolve
-    from icrl_cli.generation.hf import HFBackend
-    from icrl_cli.models import load_model, resolve_model_name
-    from icrl_cli.rollout.prompts import Prompts
-    from icrl_cli.rollout.sessions import run_sessions
-    from icrl_cli.trainer.loop import (
-        QuerySampler,
-        build_critic,
-        make_environment,
-        seed_everything,
-        session_settings,
-        training_batch,
-    )
-    from icrl_cli.trainer.policy import policy_update
+    from icrl_cli.trainer import step as training
+    from icrl_cli.trainer.loop import seed_everything
 
     config = resolve(
         "tiny-math",
@@ -155,24 +76,17 @@ def run_icrl(settings: Settings, algo: str) -> RunResult:
         ],
     )
     seed_everything(settings.seed)
-    env = make_environment(config.env.name, config.env.data, config.env.options)
-    model, tokenizer = load_model(config.model.name, config.model.device, config.model.dtype)
-    optimizer = torch_adamw(model, config.train.lr)
-    sampler = QuerySampler(list(env.tasks(config.env.train_split)), settings.seed)
-    backend = HFBackend(model, tokenizer, config.generation.batch_size)
-    prompts = Prompts.resolve(config.prompts.model_dump(), resolve_model_name(config.model.name))
-    sessions = session_settings(config, model.config.max_position_embeddings)
-    critic = build_critic(config, backend, tokenizer, prompts, sessions)
+    env = components.environment(config)
+    trainee = components.trainee(config, env, components.load_policy(config))
+    sampler = training.QuerySampler(list(env.tasks(config.env.train_split)), settings.seed)
     result = RunResult(algo, [], [], [], 0.0, {"rollout_s": [], "update_s": []})
     for step in range(settings.steps + 1):
         sync(settings.device)
         started = time.perf_counter()
-        queries = sampler.next(settings.queries)
-        samples = run_sessions(backend, tokenizer, env, queries, sessions, prompts, critic)
+        samples = training.rollout(trainee, sampler.next(settings.queries))
         sync(settings.device)
         rolled = time.perf_counter()
-        batch = training_batch(samples, config)
-        policy_update(model, None, optimizer, batch, config, tokenizer.pad_token_id)
+        training.learn(trainee, samples)
         sync(settings.device)
         done = time.perf_counter()
         if step:
@@ -183,13 +97,6 @@ def run_icrl(settings: Settings, algo: str) -> RunResult:
             result.phases["update_s"].append(done - rolled)
     result.peak_rss_mb = peak_rss_mb()
     return result
-
-
-def torch_adamw(model: Any, lr: float) -> Any:
-    """AdamW as icrl train builds it (betas 0.9/0.999, no weight decay, the default kernel)."""
-    import torch
-
-    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
 
 
 def run_floor(settings: Settings) -> RunResult:
@@ -259,104 +166,6 @@ def run_floor(settings: Settings) -> RunResult:
             result.tokens.append(int(mask.sum()))
             result.phases["generate_s"].append(generated - started)
             result.phases["update_s"].append(done - generated)
-    result.peak_rss_mb = peak_rss_mb()
-    return result
-
-
-def run_trl(settings: Settings) -> RunResult:
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    from icrl_cli.rollout.prompts import solver_messages
-
-    env, prompts, tasks, model_dir = tiny_setup(settings)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    # The same conversation icrl's solver sees; TRL applies the same chat template to it.
-    dataset = Dataset.from_list(
-        [
-            {"prompt": solver_messages(env, task, prompts), "task_index": i}
-            for i, task in enumerate(tasks)
-        ]
-    )
-    result = RunResult("trl", [], [], [], 0.0, {"reward_s": []})
-
-    def environment_reward(completions: list[Any], task_index: list[int], **kwargs: Any) -> list:
-        started = time.perf_counter()
-        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        rewards = [
-            env.start(tasks[i]).step(text).reward for i, text in zip(task_index, texts, strict=True)
-        ]
-        result.samples.append(len(texts))
-        result.tokens.append(sum(len(ids) for ids in kwargs["completion_ids"]))
-        result.phases["reward_s"].append(time.perf_counter() - started)
-        return rewards
-
-    ends: list[float] = []
-
-    class StepClock(TrainerCallback):
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            sync(settings.device)
-            ends.append(time.perf_counter())
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            sync(settings.device)
-            ends.append(time.perf_counter())
-
-    batch = settings.queries * settings.group
-    with tempfile.TemporaryDirectory() as output_dir:
-        args = GRPOConfig(
-            output_dir=output_dir,
-            max_steps=settings.steps + 1,
-            per_device_train_batch_size=batch,
-            gradient_accumulation_steps=1,
-            steps_per_generation=1,
-            num_generations=settings.group,
-            num_iterations=1,
-            max_completion_length=settings.max_new_tokens,
-            temperature=settings.temperature,
-            top_p=1.0,
-            top_k=0,
-            learning_rate=settings.lr,
-            lr_scheduler_type="constant",
-            warmup_steps=0,
-            weight_decay=0.0,
-            adam_beta1=0.9,
-            adam_beta2=0.999,
-            max_grad_norm=1.0,
-            optim="adamw_torch",
-            loss_type="dapo",
-            scale_rewards="group",
-            beta=0.0,
-            epsilon=0.2,
-            epsilon_high=0.28,
-            mask_truncated_completions=False,
-            # GRPOConfig defaults to bf16 and gradient checkpointing; icrl runs float32 without.
-            bf16=False,
-            gradient_checkpointing=False,
-            use_cpu=settings.device == "cpu",
-            seed=settings.seed,
-            logging_strategy="no",
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            log_completions=False,
-            dataloader_num_workers=0,
-        )
-        trainer = GRPOTrainer(
-            model=model,
-            reward_funcs=environment_reward,
-            args=args,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            callbacks=[StepClock()],
-        )
-        trainer.train()
-    # ends[0] is the start, ends[1] the end of the warm-up step.
-    result.step_s = [b - a for a, b in zip(ends[1:], ends[2:], strict=False)]
-    result.samples, result.tokens = result.samples[1:], result.tokens[1:]
-    result.phases["reward_s"] = result.phases["reward_s"][1:]
     result.peak_rss_mb = peak_rss_mb()
     return result
 

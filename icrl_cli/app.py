@@ -122,16 +122,15 @@ def train(
         run_dir = output_dir or (
             Path(config.train.output_dir) if config.train.output_dir else default_run_dir(config)
         )
-    from icrl_cli.trainer.loop import make_environment
-    from icrl_cli.trainer.loop import train as run_training
+    from icrl_cli import components
 
     if dry_run:
         # The environment is built (options checked, splits known) but never contacted.
-        make_environment(config.env.name, config.env.data, config.env.options)
+        components.environment(config)
         print_plan(config, run_dir)
         return
 
-    final = run_training(config, run_dir, resume=resume is not None, console=errors)
+    final = components.train(config, run_dir, resume=resume is not None, console=errors)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         console.print(f"done: {final}")
 
@@ -153,9 +152,10 @@ def print_plan(config: RunConfig, run_dir: Path) -> None:
     if algo.name != "grpo":
         table.add_row(
             "critic",
-            f"{algo.critic} ({algo.critic_gate} gate), calibration {algo.calibration} "
+            f"{algo.critic} ({algo.critic_gate} gate), calibration {algo.token_weight} "
             f"in [{algo.w_min:g}, {algo.w_max:g}]",
         )
+        table.add_row("revisions", f"{algo.revision_loss} loss, {algo.revision_context} context")
     table.add_row("steps", f"{train.steps} at lr {train.lr:g}, checkpoint every {train.save_every}")
     console.print(table)
     console.print(to_toml(config), highlight=False, markup=False)
@@ -211,9 +211,11 @@ def serve_model(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1…")] = "auto",
 ) -> None:
     """Serve MODEL over OpenAI's API: /v1/models, /v1/completions, /v1/chat/completions."""
-    from icrl_cli.serve import serve
+    from icrl_cli.components import load_model
+    from icrl_cli.server.serve import ServedModel, serve
 
-    serve(model, host=host, port=port, device=device)
+    loaded, tokenizer = load_model(model, device=device)
+    serve(ServedModel(model, loaded, tokenizer), host=host, port=port)
 
 
 @app.command()
@@ -285,13 +287,13 @@ def eval_(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Critique-free success and pass@k; with --rounds R, success after each round of critique."""
+    from icrl_cli.components import make_environment
     from icrl_cli.evaluation.evaluate import (
         default_split,
         eval_tables,
         evaluate,
         preset_measurement,
     )
-    from icrl_cli.trainer.loop import make_environment
 
     chosen = preset_measurement(resolve(preset, []) if preset else None, env, data)
     model = model or chosen.model
@@ -394,9 +396,9 @@ def critique_compare(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Critics on the same attempts: fix and break rates, Δ success, critique tokens, time."""
+    from icrl_cli.components import make_environment
     from icrl_cli.evaluation.compare import compare_critics, compare_table, plot_comparison
     from icrl_cli.evaluation.evaluate import default_split
-    from icrl_cli.trainer.loop import make_environment
 
     environment = make_environment(env, data, {})
     result = compare_critics(

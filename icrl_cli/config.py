@@ -9,19 +9,44 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from icrl_cli.trainer.algorithms import (
+    CALIBRATION_WEIGHTS,
+    CRITIC_REWARDS,
+    LOSS_AGGREGATIONS,
+    POLICY_LOSSES,
+)
 
 CRITIQUE_GRPO_DEFAULTS = {
     "critic": "rule",
     "critic_gate": "ungated",
     "train_critic": False,
-    "calibration": "luffy_shaping",
+    "token_weight": "none",
+    "revision_loss": "shaped",
     "normalize_std": False,
     "max_rounds": 2,
 }
+# The ablation names of ``algo.calibration``, each a choice of the three settings it stands for.
+# Every calibration weight's own name is one too (that weight, clipped loss, critique-free).
+CALIBRATION_ALIASES: dict[str, dict[str, str]] = {
+    "luffy_shaping": {"token_weight": "none", "revision_loss": "shaped"},
+    "keep_critique": {"token_weight": "none", "revision_context": "critique"},
+}
+_REVISION_DEFAULTS = {"revision_loss": "clipped", "revision_context": "critique_free"}
+
+
+def calibration_settings(name: str) -> dict[str, str]:
+    """What ``algo.calibration = name`` sets: a weight name, or one of the ablation aliases."""
+    if name in CALIBRATION_ALIASES:
+        return {"token_weight": "none", **_REVISION_DEFAULTS, **CALIBRATION_ALIASES[name]}
+    if name in CALIBRATION_WEIGHTS:
+        return {"token_weight": name, **_REVISION_DEFAULTS}
+    valid = ", ".join([*CALIBRATION_WEIGHTS, *CALIBRATION_ALIASES])
+    raise ValueError(f"unknown algo.calibration '{name}'; choose one of: {valid}")
 
 
 class ConfigError(ValueError):
@@ -85,6 +110,9 @@ class EnvConfig(Section):
 
 
 class AlgoConfig(Section):
+    # Accepted on input, expanded before validation (``calibration_settings``).
+    ALIASES: ClassVar[tuple[str, ...]] = ("calibration",)
+
     name: Literal["grpo", "icrl", "critique-grpo"] = Field(
         "grpo",
         description="'grpo' (one critique-free attempt per session), 'icrl' (solve → self-critique "
@@ -117,22 +145,30 @@ class AlgoConfig(Section):
         description="Put the self-critic's samples in the loss; false generates them but trains "
         "the solver only.",
     )
-    critic_reward: Literal["success_or_delta", "delta", "success"] = Field(
+    critic_reward: Literal[tuple(CRITIC_REWARDS)] = Field(  # type: ignore[valid-type]
         "success_or_delta",
         description="Critic reward (Eq. 3): 1 if the next attempt succeeds else R(next) − "
         "R(prev); or always R(next) − R(prev); or 1/0 for the next attempt's success.",
     )
     critic_max_new_tokens: int = Field(1024, ge=1, description="Token budget of one critique.")
-    calibration: Literal[
-        "token_tis", "none", "seq_geomean", "icepop_mask", "luffy_shaping", "keep_critique"
-    ] = Field(
+    token_weight: Literal[tuple(CALIBRATION_WEIGHTS)] = Field(  # type: ignore[valid-type]
         "token_tis",
-        description="How a revision sampled under the critique trains under the critique-free "
-        "prompt: 'token_tis' w_t = clamp(π_old(y_t|q)/μ(y_t|q,c), w_min, w_max) (Eq. 4); "
-        "'none' w ≡ 1; 'seq_geomean' one weight per revision, the geometric mean of the token "
-        "ratios; 'icepop_mask' the ratio, zeroed outside [w_min, w_max]; 'luffy_shaping' the "
-        "p/(p+γ) objective of Critique-GRPO on revision tokens; 'keep_critique' train revisions "
-        "under the critique-conditioned prompt they were sampled with (no transfer).",
+        description="The calibration weight each token's loss is multiplied by (Eq. 4): "
+        "'token_tis' w_t = clamp(π_old(y_t|q)/μ(y_t|q,c), w_min, w_max); 'none' w ≡ 1; "
+        "'seq_geomean' one weight per sample, the clamped geometric mean of its token ratios; "
+        "'icepop_mask' the ratio, zeroed outside [w_min, w_max]. Outside revisions both contexts "
+        "agree and the weight only corrects the sampler/trainer mismatch.",
+    )
+    revision_loss: Literal[tuple(POLICY_LOSSES)] = Field(  # type: ignore[valid-type]
+        "clipped",
+        description="The loss of revision tokens: 'clipped' the weighted clipped surrogate of "
+        "Eq. 6 (every other sample always takes it); 'shaped' Critique-GRPO's p/(p+γ) objective.",
+    )
+    revision_context: Literal["critique_free", "critique"] = Field(
+        "critique_free",
+        description="The context a revision is trained under: 'critique_free' the plain solver "
+        "prompt (the transfer ICRL is about); 'critique' the critique-conditioned prompt it was "
+        "sampled under (the ablation without transfer).",
     )
     w_min: float = Field(0.0, ge=0.0, description="Lower bound of the calibration weight.")
     w_max: float = Field(2.0, gt=0.0, description="Upper bound of the calibration weight.")
@@ -160,7 +196,7 @@ class AlgoConfig(Section):
         True, description="Divide advantages by the group's std (False is Dr. GRPO)."
     )
     adv_eps: float = Field(1e-6, gt=0.0, description="δ in (r − mean) / (std + δ).")
-    loss_aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = (
+    loss_aggregation: Literal[tuple(LOSS_AGGREGATIONS)] = (  # type: ignore[valid-type]
         Field(
             "seq-mean-token-mean",
             description="How per-token losses become one number: per-sample token mean then "
@@ -171,9 +207,18 @@ class AlgoConfig(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _baseline_defaults(cls, data: Any) -> Any:
+    def _aliases_and_baseline_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if "calibration" in data:
+            # One name for the three settings (``calibration_settings``); a setting also named
+            # on its own is the more specific choice and stays (an override given after the
+            # alias; ``apply_override`` clears the three when the alias comes later).
+            data = dict(data)
+            for key, value in calibration_settings(str(data.pop("calibration"))).items():
+                data.setdefault(key, value)
         # Critique-GRPO as published: settings the user did not choose take the baseline's values.
-        if isinstance(data, dict) and data.get("name") == "critique-grpo":
+        if data.get("name") == "critique-grpo":
             data = {**CRITIQUE_GRPO_DEFAULTS, **data}
         return data
 
@@ -341,6 +386,10 @@ def apply_override(data: dict[str, Any], keys: list[str], value: Any) -> None:
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
             raise ConfigError(f"cannot set '{'.'.join(keys)}': '{k}' is not a section")
+    if keys == ["algo", "calibration"]:
+        # The alias replaces the three settings it names, wherever they came from before.
+        for key in ("token_weight", *_REVISION_DEFAULTS):
+            node.pop(key, None)
     node[keys[-1]] = value
 
 
@@ -349,9 +398,9 @@ def _valid_keys(model: type[BaseModel], path: tuple[str | int, ...]) -> list[str
         field = model.model_fields.get(str(part))
         annotation = field.annotation if field else None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return sorted(model.model_fields)
+            break
         model = annotation
-    return sorted(model.model_fields)
+    return sorted([*model.model_fields, *getattr(model, "ALIASES", ())])
 
 
 def build_config(data: dict[str, Any]) -> RunConfig:

@@ -1,6 +1,7 @@
 """Load a causal LM and its tokenizer by hub id, short name or local directory.
 
-``tiny`` is resolved by :mod:`icrl_cli.tiny`, which builds (once) and caches the embedded default.
+The embedded names (``tiny``, ``tiny-household``) are resolved to their cached directories by
+``icrl_cli.components``, which builds them on first use; this module loads what it is given.
 """
 
 from __future__ import annotations
@@ -31,12 +32,7 @@ class ModelLoadError(ValueError):
 
 
 def resolve_model_name(name: str) -> str:
-    """'tiny' or 'tiny-household' → the embedded model's cached directory; 'Qwen3-4B' →
-    'Qwen/Qwen3-4B'; paths stay paths."""
-    if name in ("tiny", "tiny-household"):
-        from icrl_cli.tiny import tiny_model_dir
-
-        return str(tiny_model_dir(name))
+    """'Qwen3-4B' → 'Qwen/Qwen3-4B'; hub ids and paths stay as they are."""
     if Path(name).expanduser().exists():
         return str(Path(name).expanduser())
     if name.startswith((".", "/", "~")) or name.endswith(os.sep):

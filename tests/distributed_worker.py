@@ -11,7 +11,8 @@ from micro_model import micro_model
 from icrl_cli.config import resolve
 from icrl_cli.rollout.samples import Sample
 from icrl_cli.trainer import distributed
-from icrl_cli.trainer.policy import assign_advantages, policy_update
+from icrl_cli.trainer.policy import policy_update
+from icrl_cli.trainer.step import assign_advantages
 
 VOCAB = 40
 

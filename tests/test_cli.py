@@ -114,6 +114,7 @@ def test_paper_presets_print_their_plan_without_loading_weights(preset):
     assert f"Qwen/Qwen3-{size}" in result.output
     assert "16 queries × G=8, up to K=2 rounds" in result.output
     assert "calibration token_tis in [0, 2]" in result.output
+    assert "clipped loss, critique_free context" in result.output
     assert "lr = 1e-06" in result.output and "eps_high = 0.28" in result.output
 
 

@@ -1,15 +1,68 @@
 """Configuration: presets, overrides, and one-line errors for unknown keys and values."""
 
+from typing import get_args
+
 import pytest
 
-from icrl_cli.config import ConfigError, RunConfig, list_presets, parse_override, resolve
+from icrl_cli.config import (
+    AlgoConfig,
+    ConfigError,
+    RunConfig,
+    list_presets,
+    load_run_config,
+    parse_override,
+    resolve,
+    to_toml,
+)
+from icrl_cli.trainer.algorithms import (
+    CALIBRATION_WEIGHTS,
+    CRITIC_REWARDS,
+    LOSS_AGGREGATIONS,
+    POLICY_LOSSES,
+)
 
 
-def test_presets_are_bundled_and_valid():
+def test_presets_are_bundled_and_survive_a_round_trip_through_config_toml(tmp_path):
     presets = list_presets()
-    assert "tiny-math" in presets
+    assert {"tiny-math", "tiny-household", "qwen3-4b-math"} <= set(presets)
     for name in presets:
-        assert isinstance(resolve(name, []), RunConfig)
+        config = resolve(name, [])
+        assert config.preset == name
+        (tmp_path / "config.toml").write_text(to_toml(config))
+        assert load_run_config(tmp_path / "config.toml") == config, name
+
+
+def test_calibration_names_choose_the_three_revision_settings():
+    def chosen(*overrides):
+        algo = resolve("tiny-math", list(overrides)).algo
+        return algo.token_weight, algo.revision_loss, algo.revision_context
+
+    assert chosen() == ("token_tis", "clipped", "critique_free")
+    assert chosen('algo.calibration="none"') == ("none", "clipped", "critique_free")
+    assert chosen('algo.calibration="seq_geomean"') == ("seq_geomean", "clipped", "critique_free")
+    assert chosen('algo.calibration="luffy_shaping"') == ("none", "shaped", "critique_free")
+    assert chosen('algo.calibration="keep_critique"') == ("none", "clipped", "critique")
+    # The later setting wins, whichever of the two names it.
+    later = chosen('algo.calibration="keep_critique"', 'algo.token_weight="token_tis"')
+    assert later == ("token_tis", "clipped", "critique")
+    assert chosen('algo.token_weight="icepop_mask"', 'algo.calibration="none"')[0] == "none"
+    # Critique-GRPO's defaults, unless the user chose otherwise.
+    assert chosen('algo.name="critique-grpo"') == ("none", "shaped", "critique_free")
+    assert chosen('algo.name="critique-grpo"', 'algo.calibration="token_tis"') == (
+        "token_tis",
+        "clipped",
+        "critique_free",
+    )
+    with pytest.raises(ConfigError, match="token_tis, none, seq_geomean, icepop_mask, luffy"):
+        resolve("tiny-math", ['algo.calibration="nope"'])
+
+
+def test_allowed_values_are_the_registries():
+    fields = AlgoConfig.model_fields
+    assert get_args(fields["token_weight"].annotation) == tuple(CALIBRATION_WEIGHTS)
+    assert get_args(fields["revision_loss"].annotation) == tuple(POLICY_LOSSES)
+    assert get_args(fields["loss_aggregation"].annotation) == tuple(LOSS_AGGREGATIONS)
+    assert get_args(fields["critic_reward"].annotation) == tuple(CRITIC_REWARDS)
 
 
 def test_overrides_are_typed_by_toml():

@@ -4,15 +4,22 @@ the critic behind an OpenAI-compatible server, checked against the same model ru
 from dataclasses import replace
 
 import pytest
+from session_settings import session_settings
 
 import environments
-from icrl_cli.config import ConfigError
+from icrl_cli.components import Policy, build_critic, load_model
+from icrl_cli.config import ConfigError, resolve
 from icrl_cli.generation.hf import HFBackend
 from icrl_cli.generation.openai import ChatResult
-from icrl_cli.models import ModelLoadError, load_model
-from icrl_cli.rollout.critics import HTTPCritic, make_critic, parse_critic_spec
+from icrl_cli.models import ModelLoadError
+from icrl_cli.rollout.critics import (
+    HTTPCritic,
+    ModelCritic,
+    connect_http_critic,
+    parse_critic_spec,
+)
+from icrl_cli.rollout.metrics import session_metrics
 from icrl_cli.rollout.prompts import Prompts, critic_messages
-from icrl_cli.rollout.sessions import ModelCritic, SessionSettings, session_metrics
 from icrl_cli.tiny import TINY_PROMPTS
 
 PROMPTS = Prompts(**TINY_PROMPTS)
@@ -67,7 +74,7 @@ def test_the_http_critic_sends_the_critic_messages_and_counts_server_tokens():
     env = environments.make("math")
     pairs = failed_attempts(env, 2)
     client = ScriptedChat("think<c>3+5=8</c>", 7)
-    settings = SessionSettings(sessions_per_query=1, max_rounds=2, critic_max_new_tokens=24)
+    settings = session_settings(sessions_per_query=1, max_rounds=2, critic_max_new_tokens=24)
     critic = HTTPCritic(client, "http://h/v1", PROMPTS, settings)
     results = critic.critique(env, pairs)
     messages, max_tokens = client.sent[0]
@@ -86,17 +93,17 @@ def test_the_http_critic_sends_the_critic_messages_and_counts_server_tokens():
 def test_a_server_critic_writes_what_the_local_critic_writes(tiny_dir, serve_app):
     """Greedy, the tiny model behind `icrl serve` and the same model run locally write the same
     critiques with the same token counts: the server's chat template is the local one."""
-    from icrl_cli.serve import create_app
+    from icrl_cli.server.serve import ServedModel, create_app
 
-    url = serve_app(create_app("tiny", device="cpu")).url + "/v1"
+    url = serve_app(create_app(ServedModel("tiny", *load_model("tiny", device="cpu")))).url + "/v1"
     env = environments.make("math")
     pairs = failed_attempts(env, 3)
-    settings = SessionSettings(
+    settings = session_settings(
         sessions_per_query=1, max_rounds=2, critic_max_new_tokens=24, temperature=0.0
     )
     model, tokenizer = load_model("tiny", device="cpu")
     backend = HFBackend(model.eval(), tokenizer, batch_size=1)
-    remote = make_critic(parse_critic_spec(f"{url}#tiny"), backend, tokenizer, PROMPTS, settings)
+    remote = connect_http_critic(parse_critic_spec(f"{url}#tiny"), PROMPTS, settings)
     local = ModelCritic(backend, tokenizer, PROMPTS, settings, trainable=False)
     over_http, here = remote.critique(env, pairs), local.critique(env, pairs)
     assert [t for t, _ in over_http] == [t for t, _ in here]
@@ -105,14 +112,16 @@ def test_a_server_critic_writes_what_the_local_critic_writes(tiny_dir, serve_app
     # A critique budget the server's context cannot hold fails when the critic is made.
     too_long = replace(settings, critic_max_new_tokens=1024)
     with pytest.raises(ModelLoadError, match="maximum context length is 1024 tokens"):
-        make_critic(parse_critic_spec(f"{url}#tiny"), backend, tokenizer, PROMPTS, too_long)
+        connect_http_critic(parse_critic_spec(f"{url}#tiny"), PROMPTS, too_long)
 
 
 def test_a_dead_server_or_unknown_model_fails_when_the_critic_is_made(dead_url, random_tiny):
     model, tokenizer = random_tiny
     backend = HFBackend(model, tokenizer)
-    settings = SessionSettings(sessions_per_query=1)
+    settings = session_settings(sessions_per_query=1)
+    policy = Policy(model, tokenizer, backend, PROMPTS, settings)
+    icrl = resolve("tiny-math", ['algo.name="icrl"'])
     with pytest.raises(ModelLoadError, match="did not answer"):
-        make_critic(parse_critic_spec(f"{dead_url}/v1#tiny"), backend, tokenizer, PROMPTS, settings)
+        build_critic(icrl, policy, parse_critic_spec(f"{dead_url}/v1#tiny"))
     with pytest.raises(ModelLoadError, match="critic 'no-such-model'"):
-        make_critic(parse_critic_spec("no-such-model"), backend, tokenizer, PROMPTS, settings)
+        build_critic(icrl, policy, parse_critic_spec("no-such-model"))

@@ -11,9 +11,9 @@ import pytest
 import torch
 from rich.console import Console
 
+from icrl_cli.components import train_on
 from icrl_cli.config import ConfigError, resolve
 from icrl_cli.trainer.distributed import World
-from icrl_cli.trainer.loop import _train
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
@@ -81,4 +81,4 @@ def test_a_torchrun_run_trains_checkpoints_and_resumes_exactly(tiny_dir, tmp_pat
 def test_queries_must_split_evenly_over_the_ranks(tmp_path):
     config = resolve("tiny-math", ["train.queries_per_step=3"])
     with pytest.raises(ConfigError, match=r"queries_per_step \(3\) must be a multiple .* \(2\)"):
-        _train(config, tmp_path, False, Console(), World(0, 2, 0))
+        train_on(World(0, 2, 0), config, tmp_path, False, Console())

@@ -4,19 +4,16 @@ critic's view of a trajectory."""
 from dataclasses import replace
 
 import pytest
+from session_settings import session_settings
 
 import environments
 from environments import EpisodeFailed, StepResult, Task, react_action
 from icrl_cli.generation import Generation
-from icrl_cli.rollout.episodes import TurnLimits, observation_ids, play, trajectory_summary
+from icrl_cli.rollout.critics import RuleCritic
+from icrl_cli.rollout.episodes import observation_ids, play, trajectory_summary
+from icrl_cli.rollout.metrics import episode_metrics, session_metrics
 from icrl_cli.rollout.prompts import Prompts, encode_prompt, solver_messages
-from icrl_cli.rollout.sessions import (
-    RuleCritic,
-    SessionSettings,
-    episode_metrics,
-    run_sessions,
-    session_metrics,
-)
+from icrl_cli.rollout.sessions import run_sessions
 from icrl_cli.tiny import TINY_PROMPTS, build_tokenizer
 
 PROMPTS = Prompts(**TINY_PROMPTS)
@@ -83,7 +80,7 @@ class Counter:
 
 
 def limits(**overrides):
-    return TurnLimits(**{"max_new_tokens": 16, "context_tokens": 10_000, **overrides})
+    return session_settings(**{"max_new_tokens": 16, "context_tokens": 10_000, **overrides})
 
 
 def test_react_action_takes_the_first_line_after_the_last_action():
@@ -202,7 +199,7 @@ def test_household_sessions_with_critique_train_revisions_on_the_critique_free_p
     tasks = env.tasks("train")[:2]
     # First attempts fumble; given the rule critique ('|' in the prompt) the solver succeeds.
     backend = Scripted(tokenizer, Household(env, fumble=lambda user: "|" not in user))
-    settings = SessionSettings(
+    settings = session_settings(
         sessions_per_query=2, max_rounds=2, max_new_tokens=64, context_tokens=100_000
     )
     samples = run_sessions(backend, tokenizer, env, tasks, settings, PROMPTS, RuleCritic(PROMPTS))
@@ -249,7 +246,7 @@ def test_a_failed_episode_is_counted_and_kept_out_of_training(tokenizer):
         env.full[t.id].prompt.split("\n")[0]: env.inner.expert_actions(env.full[t.id])
         for t in tasks
     }
-    settings = SessionSettings(sessions_per_query=2, max_new_tokens=64, context_tokens=100_000)
+    settings = session_settings(sessions_per_query=2, max_new_tokens=64, context_tokens=100_000)
     samples = run_sessions(backend, tokenizer, env, tasks, settings, PROMPTS)
     assert [s.trainable for s in samples] == [False, True, False, True]
     assert samples[0].metadata["error"] == "connection refused"
@@ -262,12 +259,12 @@ def test_a_failed_episode_is_counted_and_kept_out_of_training(tokenizer):
 
 
 def test_tiny_household_demonstrations_are_laid_out_exactly_like_a_rollout():
-    from environments.household import expert, spec_of
-    from icrl_cli import tiny_household
+    from environments.household import demonstrations, expert, spec_of
+    from icrl_cli.tiny import household_build
 
-    env = environments.make("household", **tiny_household.OPTIONS)
+    env = environments.make("household", **household_build.OPTIONS)
     tasks = env.tasks("train")[:30]
-    bpe = tiny_household.build_tokenizer(tiny_household.corpus(env, tasks))
+    bpe = household_build.build_tokenizer(demonstrations.corpus(env, tasks))
     # Digits and kind names are always tokens of their own, so they are copied, not merged
     # into phrases.
     pieces = [bpe.decode([i]) for i in bpe.encode("I need a spraybottle. Go to cabinet 14.")]
@@ -275,9 +272,9 @@ def test_tiny_household_demonstrations_are_laid_out_exactly_like_a_rollout():
     assert "".join(pieces) == "I need a spraybottle. Go to cabinet 14."
     task = tasks[0]
     spec = spec_of(task)
-    turns, reward = tiny_household.episode(env, task, expert.plan(env.world(spec), spec.goal))
+    turns, reward = demonstrations.episode(env, task, expert.plan(env.world(spec), spec.goal))
     assert reward == 1.0
-    ids, mask = tiny_household.episode_target(bpe, turns, done=True)
+    ids, mask = household_build.episode_target(bpe, turns, done=True)
     replies = iter(turn for turn, _ in turns)
     prompt = encode_prompt(bpe, solver_messages(env, task, PROMPTS))
     (rollout,) = play(
@@ -288,8 +285,8 @@ def test_tiny_household_demonstrations_are_laid_out_exactly_like_a_rollout():
     # The take turn's tokens (its EOS too) weigh TAKE_WEIGHT in the warm-start's loss.
     (take,) = [turn for turn, _ in turns if react_action(turn).startswith("take ")]
     heavy = len(bpe.encode(take, add_special_tokens=False)) + 1
-    assert mask.count(tiny_household.TAKE_WEIGHT) == heavy
-    assert len([m for m in mask if m == 1]) == sum(mask) - heavy * tiny_household.TAKE_WEIGHT
+    assert mask.count(demonstrations.TAKE_WEIGHT) == heavy
+    assert len([m for m in mask if m == 1]) == sum(mask) - heavy * demonstrations.TAKE_WEIGHT
 
 
 def test_tiny_household_slips_do_nothing_and_are_not_learnt(monkeypatch):
@@ -298,19 +295,20 @@ def test_tiny_household_slips_do_nothing_and_are_not_learnt(monkeypatch):
     played and weighed as without it."""
     import random
 
-    from icrl_cli import tiny_household
+    from environments.household import demonstrations
+    from icrl_cli.tiny import household_build
 
-    monkeypatch.setattr(tiny_household, "SLIP_SHARE", 1.0)
-    env = environments.make("household", **tiny_household.OPTIONS)
+    monkeypatch.setattr(demonstrations, "SLIP_SHARE", 1.0)
+    env = environments.make("household", **household_build.OPTIONS)
     tasks = env.tasks("train")[:40]
-    bpe = tiny_household.build_tokenizer(tiny_household.corpus(env, tasks[:10]))
+    bpe = household_build.build_tokenizer(demonstrations.corpus(env, tasks[:10]))
     draw = random.Random(0)
     kinds = set()
     for task in tasks:
-        steps = tiny_household.searched(env, task)
-        plain, plain_reward = tiny_household.episode(env, task, steps)
-        turns, reward, at = tiny_household.slipped_episode(env, task, steps, draw)
-        assert at is not None and 1 <= at <= tiny_household.SETTINGS.max_turns - 2
+        steps = demonstrations.searched(env, task)
+        plain, plain_reward = demonstrations.episode(env, task, steps)
+        turns, reward, at = demonstrations.slipped_episode(env, task, steps, draw)
+        assert at is not None and 1 <= at <= demonstrations.MAX_TURNS - 2
         slip, observation = turns[at]
         assert observation == "Nothing happens."
         kinds.add(react_action(slip).split()[0])
@@ -318,19 +316,19 @@ def test_tiny_household_slips_do_nothing_and_are_not_learnt(monkeypatch):
         # The slip takes a turn of the budget: the plain episode less its last turn at most.
         assert rest == plain[: len(rest)] and len(rest) >= len(plain) - 1
         assert reward == (plain_reward if len(rest) == len(plain) else 0.0)
-        ids, mask = tiny_household.episode_target(bpe, turns, done=True, skip=at)
-        plain_ids, plain_mask = tiny_household.episode_target(bpe, rest, done=True)
+        ids, mask = household_build.episode_target(bpe, turns, done=True, skip=at)
+        plain_ids, plain_mask = household_build.episode_target(bpe, rest, done=True)
         slip_ids = bpe.encode(slip, add_special_tokens=False) + [bpe.eos_token_id]
-        start = len(tiny_household.episode_target(bpe, turns[:at], done=False)[0])
+        start = len(household_build.episode_target(bpe, turns[:at], done=False)[0])
         assert ids[start : start + len(slip_ids)] == slip_ids
         assert mask[start : start + len(slip_ids)] == [0] * len(slip_ids)
         # Without the slip's turn and its observation, the target is the plain one.
         cut = start + len(slip_ids) + len(observation_ids(bpe, observation))
         assert ids[:start] + ids[cut:] == plain_ids and mask[:start] + mask[cut:] == plain_mask
     assert kinds == {"go", "take"}
-    monkeypatch.setattr(tiny_household, "SLIP_SHARE", 0.0)
-    steps = tiny_household.searched(env, tasks[0])
-    assert tiny_household.slipped_episode(env, tasks[0], steps, draw) == (
-        *tiny_household.episode(env, tasks[0], steps),
+    monkeypatch.setattr(demonstrations, "SLIP_SHARE", 0.0)
+    steps = demonstrations.searched(env, tasks[0])
+    assert demonstrations.slipped_episode(env, tasks[0], steps, draw) == (
+        *demonstrations.episode(env, tasks[0], steps),
         None,
     )

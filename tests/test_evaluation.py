@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from session_settings import session_settings
 from typer.testing import CliRunner
 
 import environments
@@ -22,16 +23,10 @@ from icrl_cli.evaluation.evaluate import (
     summarize,
 )
 from icrl_cli.generation import Generation
-from icrl_cli.rollout.critics import parse_critic_spec
+from icrl_cli.rollout.critics import RuleCritic, parse_critic_spec
 from icrl_cli.rollout.prompts import Prompts
 from icrl_cli.rollout.samples import Sample
-from icrl_cli.rollout.sessions import (
-    RuleCritic,
-    SessionSettings,
-    continue_sessions,
-    open_sessions,
-    run_sessions,
-)
+from icrl_cli.rollout.sessions import continue_sessions, open_sessions, run_sessions
 from icrl_cli.tiny import TINY_PROMPTS, build_tokenizer
 
 PROMPTS = Prompts(**TINY_PROMPTS)
@@ -97,7 +92,7 @@ def typed_tasks(env):
 def sessions_of(env, tasks, script, **settings):
     tokenizer = build_tokenizer()
     backend = QueueBackend(tokenizer, tasks, script)
-    chosen = SessionSettings(sessions_per_query=2, **settings)
+    chosen = session_settings(sessions_per_query=2, **settings)
     critic = RuleCritic(PROMPTS)
     return run_sessions(backend, tokenizer, env, tasks, chosen, PROMPTS, critic), backend
 
@@ -155,7 +150,7 @@ def test_every_critic_continues_the_same_attempts(env, typed_tasks):
     # One generate call for round 1, then one revision call per critic.
     script = [[False, False, True, False], [True, False, True], [False, False, False]]
     backend = QueueBackend(tokenizer, typed_tasks, script)
-    settings = SessionSettings(sessions_per_query=2, max_rounds=2)
+    settings = session_settings(sessions_per_query=2, max_rounds=2)
     sessions = open_sessions(backend, tokenizer, env, typed_tasks, settings, PROMPTS)
     attempts = [s.last for s in sessions]
 
@@ -205,7 +200,7 @@ def test_revisions_are_sampled_from_one_seed_whatever_the_critic_drew(env, revis
     tokenizer = build_tokenizer()
     tasks = env.tasks("test")[:6]
     backend = CoinBackend(tokenizer, tasks, [])
-    settings = SessionSettings(sessions_per_query=2, max_rounds=3, gate="ungated")
+    settings = session_settings(sessions_per_query=2, max_rounds=3, gate="ungated")
     torch.manual_seed(0)
     sessions = open_sessions(backend, tokenizer, env, tasks, settings, PROMPTS)
     rewards = []

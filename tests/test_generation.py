@@ -5,7 +5,8 @@ import torch
 
 from icrl_cli.generation.hf import HFBackend, nucleus_filter
 from icrl_cli.rollout.samples import Sample
-from icrl_cli.trainer.policy import collate, response_logprobs
+from icrl_cli.trainer.batch import collate
+from icrl_cli.trainer.logprobs import response_logprobs
 
 
 def _prompts(tokenizer):

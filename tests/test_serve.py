@@ -9,11 +9,12 @@ import pytest
 import torch
 from fastapi import FastAPI
 
+from icrl_cli.components import load_model
 from icrl_cli.generation.hf import HFBackend
 from icrl_cli.generation.openai import ChatResult, OpenAIBackend
-from icrl_cli.models import ModelLoadError, load_model
+from icrl_cli.models import ModelLoadError
 from icrl_cli.rollout.prompts import encode_prompt
-from icrl_cli.serve import create_app
+from icrl_cli.server.serve import ServedModel, create_app
 
 TASKS = ["3+5+8+2", "9+9+1+4", "7+0+6+5"]
 
@@ -27,7 +28,7 @@ def tiny(tiny_dir):
 
 @pytest.fixture(scope="module")
 def server(tiny, serve_app):
-    app = create_app("tiny", device="cpu")
+    app = create_app(ServedModel("tiny", *load_model("tiny", device="cpu")))
     return app, serve_app(app).url
 
 

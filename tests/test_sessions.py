@@ -2,11 +2,15 @@
 
 import pytest
 import torch
+from session_settings import session_settings
 
 import environments
+from icrl_cli.components import Policy, build_critic
 from icrl_cli.config import resolve
 from icrl_cli.generation import Generation
 from icrl_cli.generation.hf import HFBackend
+from icrl_cli.rollout.critics import ModelCritic, RuleCritic
+from icrl_cli.rollout.metrics import session_metrics
 from icrl_cli.rollout.prompts import (
     Prompts,
     critic_messages,
@@ -14,17 +18,10 @@ from icrl_cli.rollout.prompts import (
     parse_critique,
     solver_messages,
 )
-from icrl_cli.rollout.sessions import (
-    ModelCritic,
-    RuleCritic,
-    SessionSettings,
-    run_sessions,
-    session_metrics,
-    swap_in_best_refinements,
-)
+from icrl_cli.rollout.sessions import run_sessions
 from icrl_cli.tiny import TINY_PROMPTS, build_tokenizer
-from icrl_cli.trainer.loop import build_critic, training_batch
 from icrl_cli.trainer.policy import collate
+from icrl_cli.trainer.step import score_critiques, swap_in_best_refinements, training_batch
 
 PROMPTS = Prompts(**TINY_PROMPTS)
 
@@ -101,7 +98,7 @@ def test_a_revision_trains_on_its_sampled_tokens_after_the_critique_free_prompt(
         return f"\\boxed{{{task.answer}}}" if "|" in text else "\\boxed{0}"
 
     backend = ScriptedBackend(tokenizer, script)
-    settings = SessionSettings(sessions_per_query=2, max_rounds=2, max_new_tokens=32)
+    settings = session_settings(sessions_per_query=2, max_rounds=2, max_new_tokens=32)
     critic = ModelCritic(backend, tokenizer, PROMPTS, settings, trainable=True)
     samples = run_sessions(backend, tokenizer, env, [task], settings, PROMPTS, critic)
     revision = next(s for s in samples if s.is_revision)
@@ -131,11 +128,13 @@ def test_oracle_gate_critiques_failures_only_and_rewards_the_critic(env):
         return f"\\boxed{{{answers[task_text]}}}" if "|" in body else "\\boxed{1}"
 
     backend = ScriptedBackend(tokenizer, script)
-    settings = SessionSettings(sessions_per_query=3, max_rounds=2, max_new_tokens=32)
+    settings = session_settings(sessions_per_query=3, max_rounds=2, max_new_tokens=32)
     critic = ModelCritic(backend, tokenizer, PROMPTS, settings, trainable=True)
     samples = run_sessions(backend, tokenizer, env, tasks, settings, PROMPTS, critic)
     critics = [s for s in samples if s.role == "critic"]
     assert len(critics) == 3 and {s.query_id for s in critics} == {tasks[1].id}
+    assert all(c.reward == 0.0 for c in critics)  # the rollout leaves rewards to the trainer
+    score_critiques(samples, "success_or_delta")
     assert all(c.reward == 1.0 for c in critics)  # every revision after them succeeded
     metrics = session_metrics(samples, "oracle")
     assert metrics["solver/success_round1"] == 0.5
@@ -151,7 +150,7 @@ def test_ungated_critiques_successes_too_and_counts_breaks(env, task):
     backend = ScriptedBackend(
         tokenizer, lambda t: "\\boxed{0}" if "|" in t else f"\\boxed{{{task.answer}}}"
     )
-    settings = SessionSettings(sessions_per_query=2, max_rounds=2, gate="ungated")
+    settings = session_settings(sessions_per_query=2, max_rounds=2, gate="ungated")
     samples = run_sessions(backend, tokenizer, env, [task], settings, PROMPTS, RuleCritic(PROMPTS))
     revisions = [s for s in samples if s.is_revision]
     assert len(revisions) == 2 and all(s.metadata["critique"] == "ok" for s in revisions)
@@ -162,7 +161,7 @@ def test_ungated_critiques_successes_too_and_counts_breaks(env, task):
 @pytest.mark.parametrize(
     ("mode", "expected"), [("success_or_delta", -1.0), ("delta", -1.0), ("success", 0.0)]
 )
-def test_critic_reward_modes_reach_the_samples(env, task, mode, expected):
+def test_critic_reward_modes_score_the_critiques(env, task, mode, expected):
     tokenizer = build_tokenizer()
     backend = ScriptedBackend(
         tokenizer,
@@ -170,18 +169,17 @@ def test_critic_reward_modes_reach_the_samples(env, task, mode, expected):
             "<c>x</c>" if "?" in t else ("\\boxed{0}" if "|" in t else f"\\boxed{{{task.answer}}}")
         ),
     )
-    settings = SessionSettings(
-        sessions_per_query=2, max_rounds=2, gate="ungated", critic_reward=mode
-    )
+    settings = session_settings(sessions_per_query=2, max_rounds=2, gate="ungated")
     critic = ModelCritic(backend, tokenizer, PROMPTS, settings, trainable=True)
     samples = run_sessions(backend, tokenizer, env, [task], settings, PROMPTS, critic)
+    score_critiques(samples, mode)
     assert [s.reward for s in samples if s.role == "critic"] == [expected, expected]
 
 
 def test_three_rounds_when_k_is_three(env, task):
     tokenizer = build_tokenizer()
     backend = ScriptedBackend(tokenizer, lambda t: "<c>x</c>" if "?" in t else "\\boxed{0}")
-    settings = SessionSettings(sessions_per_query=2, max_rounds=3)
+    settings = session_settings(sessions_per_query=2, max_rounds=3)
     critic = ModelCritic(backend, tokenizer, PROMPTS, settings, trainable=True)
     samples = run_sessions(backend, tokenizer, env, [task], settings, PROMPTS, critic)
     assert sorted(s.round for s in samples if s.role == "solver") == [1, 1, 2, 2, 3, 3]
@@ -196,33 +194,39 @@ def _icrl_samples(env, task, train_critic=True):
             "<c>x</c>" if "?" in t else (f"\\boxed{{{task.answer}}}" if "|" in t else "\\boxed{0}")
         ),
     )
-    settings = SessionSettings(sessions_per_query=2, max_rounds=2)
+    settings = session_settings(sessions_per_query=2, max_rounds=2)
     critic = ModelCritic(backend, tokenizer, PROMPTS, settings, trainable=train_critic)
     return run_sessions(backend, tokenizer, env, [task], settings, PROMPTS, critic)
+
+
+def _batch(samples, config):
+    """The training batch as a step makes it: critic rewards first (Eq. 3), then the batch."""
+    score_critiques(samples, config.algo.critic_reward)
+    return training_batch(samples, config.algo)
 
 
 def test_train_critic_false_leaves_no_critic_token_in_the_loss(env, task):
     config = resolve("tiny-math", ["algo.train_critic=false"])
     samples = _icrl_samples(env, task, train_critic=config.algo.train_critic)
     assert any(s.role == "critic" for s in samples)
-    assert all(s.role == "solver" for s in training_batch(samples, config))
-    trained = training_batch(_icrl_samples(env, task), resolve("tiny-math", []))
+    assert all(s.role == "solver" for s in _batch(samples, config))
+    trained = _batch(_icrl_samples(env, task), resolve("tiny-math", []))
     assert sum(s.role == "critic" for s in trained) == 2
 
 
 def test_advantage_grouping_switch(env, task):
     # Solver rewards [0, 0, 1, 1] (two failed attempts, two fixed revisions); critics [1, 1].
-    by_role = training_batch(_icrl_samples(env, task), resolve("tiny-math", []))
+    by_role = _batch(_icrl_samples(env, task), resolve("tiny-math", []))
     solver = [s.advantage for s in by_role if s.role == "solver"]
     assert solver == pytest.approx([-0.866025, -0.866025, 0.866025, 0.866025], abs=1e-5)
     assert [s.advantage for s in by_role if s.role == "critic"] == [0.0, 0.0]  # tied bucket
-    pooled = training_batch(
+    pooled = _batch(
         _icrl_samples(env, task), resolve("tiny-math", ['algo.advantage_grouping="query"'])
     )
     # One bucket of six rewards [0, 0, 1, 1, 1, 1]: mean 2/3, std 0.516398
     critic = [s.advantage for s in pooled if s.role == "critic"]
     assert critic == pytest.approx([0.645497, 0.645497], abs=1e-5)
-    by_round = training_batch(
+    by_round = _batch(
         _icrl_samples(env, task),
         resolve("tiny-math", ['algo.advantage_grouping="query_round_role"']),
     )
@@ -230,12 +234,12 @@ def test_advantage_grouping_switch(env, task):
 
 
 def test_keep_critique_trains_revisions_in_their_sampling_context(env, task):
-    batch = training_batch(
+    batch = _batch(
         _icrl_samples(env, task), resolve("tiny-math", ['algo.calibration="keep_critique"'])
     )
     revisions = [s for s in batch if s.is_revision]
     assert revisions and all(s.prompt_ids == s.behavior_prompt_ids for s in revisions)
-    swapped = training_batch(_icrl_samples(env, task), resolve("tiny-math", []))
+    swapped = _batch(_icrl_samples(env, task), resolve("tiny-math", []))
     assert all(s.prompt_ids != s.behavior_prompt_ids for s in swapped if s.is_revision)
 
 
@@ -244,7 +248,7 @@ def test_critique_grpo_swaps_the_best_refinement_into_the_group(env, task):
     backend = ScriptedBackend(
         tokenizer, lambda t: f"\\boxed{{{task.answer}}}" if "|" in t else "\\boxed{0}"
     )
-    settings = SessionSettings(sessions_per_query=4, max_rounds=2, gate="ungated")
+    settings = session_settings(sessions_per_query=4, max_rounds=2, gate="ungated")
     samples = run_sessions(backend, tokenizer, env, [task], settings, PROMPTS, RuleCritic(PROMPTS))
     kept = swap_in_best_refinements(samples)
     assert len(kept) == 4
@@ -255,13 +259,15 @@ def test_critique_grpo_swaps_the_best_refinement_into_the_group(env, task):
         (3, 1, 0.0),
     ]
     config = resolve("tiny-math", ['algo.name="critique-grpo"'])
-    assert (config.algo.critic, config.algo.critic_gate, config.algo.calibration) == (
+    algo = config.algo
+    assert (algo.critic, algo.critic_gate, algo.token_weight, algo.revision_loss) == (
         "rule",
         "ungated",
-        "luffy_shaping",
+        "none",
+        "shaped",
     )
     assert not config.algo.normalize_std and not config.algo.train_critic
-    batch = training_batch(samples, config)
+    batch = _batch(samples, config)
     # No std normalisation: rewards [1, 0, 0, 0] − 0.25
     assert [s.advantage for s in batch] == pytest.approx([0.75, -0.25, -0.25, -0.25])
 
@@ -269,11 +275,11 @@ def test_critique_grpo_swaps_the_best_refinement_into_the_group(env, task):
 def test_critic_switch_builds_the_right_critic(tiny_dir, random_tiny):
     model, tokenizer = random_tiny
     backend = HFBackend(model, tokenizer)
-    settings = SessionSettings(sessions_per_query=2, max_rounds=2)
+    settings = session_settings(sessions_per_query=2, max_rounds=2)
     built = {}
     for spec in ("self", "rule", str(tiny_dir)):
         config = resolve("tiny-math", [f'algo.critic="{spec}"'])
-        built[spec] = build_critic(config, backend, tokenizer, PROMPTS, settings)
+        built[spec] = build_critic(config, Policy(model, tokenizer, backend, PROMPTS, settings))
     assert isinstance(built["self"], ModelCritic) and built["self"].backend is backend
     assert built["self"].trainable
     assert isinstance(built["rule"], RuleCritic)
@@ -281,4 +287,4 @@ def test_critic_switch_builds_the_right_critic(tiny_dir, random_tiny):
     assert isinstance(frozen, ModelCritic) and not frozen.trainable
     assert frozen.backend.model is not model
     grpo = resolve("tiny-math", ['algo.name="grpo"'])
-    assert build_critic(grpo, backend, tokenizer, PROMPTS, settings) is None
+    assert build_critic(grpo, Policy(model, tokenizer, backend, PROMPTS, settings)) is None

@@ -19,13 +19,9 @@ from transformers import AutoModelForCausalLM
 from icrl_cli.config import resolve
 from icrl_cli.models import load_model
 from icrl_cli.rollout.samples import Sample
-from icrl_cli.trainer.policy import (
-    collate,
-    micro_batches,
-    policy_update,
-    recompute_behavior_logprobs,
-    response_logprobs,
-)
+from icrl_cli.trainer.batch import collate, micro_batches
+from icrl_cli.trainer.logprobs import recompute_behavior_logprobs, response_logprobs
+from icrl_cli.trainer.policy import policy_update
 
 SMALL = [
     "train.queries_per_step=4",
@@ -342,18 +338,17 @@ def test_icrl_run_logs_the_session_and_calibration_metrics(tiny_dir, tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    for key in (
-        "solver/success_round1",
-        "solver/success_final",
-        "critic/reward_mean",
-        "critic/tokens_mean",
-        "calib/w_mean_revision",
-        "calib/w_clip_frac",
-        "sessions/revisions",
-        "sessions/fix_rate",
-        "sessions/break_rate",
-    ):
-        assert key in rows[-1]
+    for row in rows:
+        # Some attempt fails at this size, so every step critiques and revises; the measured
+        # quantities are then numbers, not the None of a step that had nothing to measure.
+        assert row["sessions/revisions"] > 0
+        assert row["solver/success_final"] >= row["solver/success_round1"]  # oracle gate
+        assert 0.0 < row["calib/w_mean_revision"] <= 2.0  # clamped to [w_min, w_max]
+        assert 0.0 <= row["calib/w_clip_frac"] <= 1.0
+        assert 0.0 <= row["sessions/fix_rate"] <= 1.0
+        assert -1.0 <= row["critic/reward_mean"] <= 1.0
+        assert row["critic/tokens_mean"] >= 1.0
+        assert row["sessions/break_rate"] is None  # only measured ungated
     samples = [json.loads(x) for x in (run / "samples" / "step-2.jsonl").read_text().splitlines()]
     roles = {(s["role"], s["round"]) for s in samples}
     assert ("critic", 1) in roles and ("solver", 2) in roles

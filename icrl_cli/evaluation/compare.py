@@ -17,6 +17,7 @@ import torch
 from rich.table import Table
 
 from environments import Environment
+from icrl_cli.components import build_critic, load_policy
 from icrl_cli.config import ConfigError
 from icrl_cli.evaluation.evaluate import (
     gate_label,
@@ -26,9 +27,10 @@ from icrl_cli.evaluation.evaluate import (
     success_by_round,
 )
 from icrl_cli.rollout.critics import CriticSpec, parse_critic_spec
+from icrl_cli.rollout.metrics import session_metrics
 from icrl_cli.rollout.samples import Sample
-from icrl_cli.rollout.sessions import continue_sessions, open_sessions, session_metrics
-from icrl_cli.trainer.loop import build_critic, load_policy
+from icrl_cli.rollout.sessions import continue_sessions, open_sessions
+from icrl_cli.trainer.step import score_critiques
 
 
 def parse_named_critics(items: Sequence[str]) -> list[tuple[str, CriticSpec]]:
@@ -144,7 +146,7 @@ def compare_critics(
     # Every critic is made before any attempt, so a wrong spec or server fails at once.
     built = []
     for name, spec in named:
-        made = build_critic(config, backend, tokenizer, prompts, settings, spec)
+        made = build_critic(config, policy, spec, settings)
         assert made is not None  # rounds > 1 is an ICRL config
         built.append((name, spec, made))
     torch.manual_seed(seed)
@@ -171,6 +173,7 @@ def compare_critics(
             backend, tokenizer, env, sessions, settings, prompts, critic, revision_seed=seed
         )
         wall = time.perf_counter() - started
+        score_critiques(continued, config.algo.critic_reward)
         result.critics.append(
             critic_comparison(name, spec, attempts + continued, rounds, settings.gate, wall)
         )

@@ -18,20 +18,14 @@ from rich.text import Text
 from transformers import PreTrainedTokenizerBase
 
 from environments import EnvError
+from icrl_cli import components
 from icrl_cli.config import RunConfig
 from icrl_cli.evaluation.evaluate import require_positive
 from icrl_cli.rollout.samples import Sample
-from icrl_cli.rollout.sessions import run_sessions
+from icrl_cli.trainer import step
 from icrl_cli.trainer.algorithms import calibration_weights
-from icrl_cli.trainer.loop import (
-    QuerySampler,
-    build_critic,
-    load_policy,
-    make_environment,
-    seed_everything,
-    training_batch,
-)
-from icrl_cli.trainer.policy import context_logprobs, recompute_behavior_logprobs
+from icrl_cli.trainer.logprobs import context_logprobs
+from icrl_cli.trainer.loop import seed_everything
 
 
 @dataclass
@@ -102,49 +96,53 @@ def session_order(samples: list[Sample]) -> list[Sample]:
 
 def rollout(config: RunConfig, n: int, split: str | None = None) -> list[RolloutRecord]:
     """The sessions of ``n`` queries drawn as training's first step draws them (same seed, same
-    sampler, G sessions each, the run's critic and settings), with their advantages and the
-    revisions' calibration weights computed as the update would."""
+    sampler, G sessions each, the run's critic and settings), taken through the step's stages
+    up to the update: rewards, advantages and the revisions' calibration weights."""
     require_positive(n=n)
-    env = make_environment(config.env.name, config.env.data, config.env.options)
+    env = components.environment(config)
     split = split or config.env.train_split
     tasks = list(env.tasks(split))
     if not tasks:
         raise EnvError(f"split '{split}' of {config.env.name} has no tasks")
     seed_everything(config.train.seed)
-    policy = load_policy(config)
-    critic = build_critic(config, policy.backend, policy.tokenizer, policy.prompts, policy.settings)
-    queries = QuerySampler(tasks, config.train.seed).next(n)
-    samples = run_sessions(
-        policy.backend, policy.tokenizer, env, queries, policy.settings, policy.prompts, critic
-    )
-    batch = training_batch(samples, config)
-    pad_id, micro = policy.tokenizer.pad_token_id, config.train.micro_batch_size
-    if config.algo.behavior_logprobs == "recompute":
-        recompute_behavior_logprobs(policy.model, batch, pad_id, micro)
+    policy = components.load_policy(config)
+    trainee = components.trainee(config, env, policy, train=False)
+    samples = step.rollout(trainee, step.QuerySampler(tasks, config.train.seed).next(n))
+    step.score_critiques(samples, config.algo.critic_reward)
+    batch = step.training_batch(samples, config.algo)
+    step.calibrate(trainee, batch)
     revisions = [s for s in batch if s.is_revision]
-    old = context_logprobs(policy.model, revisions, pad_id, micro)
+    old = context_logprobs(policy.model, revisions, trainee.pad_id, config.train.micro_batch_size)
     per_revision = revision_weights(revisions, old, config.algo.w_min, config.algo.w_max)
     weights = dict(zip(map(id, revisions), per_revision, strict=True))
     in_loss = {id(s) for s in batch}
-    decode = policy.tokenizer.decode
-    records = []
-    for s in session_order(samples):
-        w = weights.get(id(s))
-        kept = [v for v in w if v is not None] if w is not None else []
-        records.append(
-            RolloutRecord(
-                sample=s.to_json(),
-                prompt=decode(s.prompt_ids),
-                behavior_prompt=(
-                    decode(s.behavior_prompt_ids) if s.behavior_prompt_ids != s.prompt_ids else None
-                ),
-                in_loss=id(s) in in_loss,
-                calibration_weights=w,
-                calibration_weight_mean=sum(kept) / len(kept) if kept else None,
-                segments=response_segments(s, policy.tokenizer),
-            )
-        )
-    return records
+    return [
+        record(s, weights.get(id(s)), id(s) in in_loss, policy.tokenizer)
+        for s in session_order(samples)
+    ]
+
+
+def record(
+    s: Sample,
+    weights: list[float | None] | None,
+    in_loss: bool,
+    tokenizer: PreTrainedTokenizerBase,
+) -> RolloutRecord:
+    """One sample as `icrl rollout` writes it."""
+    kept = [v for v in weights if v is not None] if weights is not None else []
+    return RolloutRecord(
+        sample=s.to_json(),
+        prompt=tokenizer.decode(s.prompt_ids),
+        behavior_prompt=(
+            tokenizer.decode(s.behavior_prompt_ids)
+            if s.behavior_prompt_ids != s.prompt_ids
+            else None
+        ),
+        in_loss=in_loss,
+        calibration_weights=weights,
+        calibration_weight_mean=sum(kept) / len(kept) if kept else None,
+        segments=response_segments(s, tokenizer),
+    )
 
 
 def write_jsonl(records: Iterable[RolloutRecord], path: Path) -> None:

@@ -11,11 +11,12 @@ import torch
 from rich.table import Table
 
 from environments import EnvError, Environment, Task
+from icrl_cli.components import build_critic, load_policy
 from icrl_cli.config import ConfigError, RunConfig, build_config
 from icrl_cli.rollout.critics import parse_critic_spec
-from icrl_cli.rollout.samples import Sample
-from icrl_cli.rollout.sessions import is_failed, run_sessions, session_metrics
-from icrl_cli.trainer.loop import build_critic, load_policy
+from icrl_cli.rollout.metrics import session_metrics
+from icrl_cli.rollout.samples import Sample, is_failed
+from icrl_cli.rollout.sessions import run_sessions
 
 
 def default_split(env: Environment) -> str:
@@ -273,7 +274,7 @@ def evaluate(
     )
     policy = load_policy(config)
     settings = replace(policy.settings, sessions_per_query=samples)
-    critic_ = build_critic(config, policy.backend, policy.tokenizer, policy.prompts, settings, spec)
+    critic_ = build_critic(config, policy, spec, settings)
     torch.manual_seed(seed)
     outcome = run_sessions(
         policy.backend, policy.tokenizer, env, tasks, settings, policy.prompts, critic_

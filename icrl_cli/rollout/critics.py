@@ -1,14 +1,16 @@
-"""Who critiques: the critic spec users write (`self`, `rule`, a model, or a server URL#MODEL),
-parsed once and turned into a :class:`~icrl_cli.rollout.sessions.Critic`.
+"""Every critic, and the critic spec users write (`self`, `rule`, a model, or a server
+URL#MODEL).
 
 The same spec is `algo.critic` in a training config, `icrl eval --critic` and each
-`icrl critique-compare --critic NAME=SPEC`.
+`icrl critique-compare --critic NAME=SPEC`; `icrl_cli.components.build_critic` turns it into one
+of the critics below. A critic writes text and, where a model wrote it, a critic Sample; what the
+critique was worth (its reward) is set by the trainer once the next attempt is scored.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import urlparse
 
 from transformers import PreTrainedTokenizerBase
@@ -18,18 +20,116 @@ from icrl_cli.config import ConfigError
 from icrl_cli.generation import GenerationBackend
 from icrl_cli.generation.openai import OpenAIBackend
 from icrl_cli.models import ModelLoadError
-from icrl_cli.rollout.prompts import Prompts, critic_messages, parse_critique
-from icrl_cli.rollout.samples import Sample
-from icrl_cli.rollout.sessions import (
-    Critic,
-    ModelCritic,
-    RuleCritic,
-    SessionSettings,
-    attempt_summary,
-    critic_sample,
+from icrl_cli.rollout.prompts import (
+    Prompts,
+    critic_messages,
+    encode_prompt,
+    parse_critique,
+    rule_critique,
 )
+from icrl_cli.rollout.samples import Sample
+from icrl_cli.rollout.settings import SessionSettings
 
 SPEC_FORMS = "self, rule, a model id or directory, or http(s)://HOST:PORT/v1#MODEL"
+
+
+def attempt_summary(env: Environment, task: Task, attempt: Sample) -> str:
+    """The attempt as the critic reads it: a multi-turn episode's trajectory summary, or the
+    environment's rendering of a single response."""
+    summary = attempt.metadata.get("summary")
+    return summary if summary is not None else env.render_attempt(task, attempt.text)
+
+
+class Critic(Protocol):
+    """Writes one critique per failed (or, ungated, any) attempt."""
+
+    trainable: bool
+
+    def critique(
+        self, env: Environment, attempts: list[tuple[Task, Sample]]
+    ) -> list[tuple[str, Sample | None]]:
+        """(critique text, the critic's Sample or None when no model wrote it) per attempt."""
+        ...
+
+
+def critic_sample(task: Task, attempt: Sample, critique: str, **fields: Any) -> Sample:
+    """The critic's sample for its critique of ``attempt``; ``fields`` hold what it generated
+    (its tokens, text, trainability). Its reward is set once the next attempt is scored."""
+    metadata = {"critique": critique, "reward_before": attempt.reward, **fields.pop("metadata", {})}
+    return Sample(
+        query_id=task.id,
+        session=attempt.session,
+        round=attempt.round,
+        role="critic",
+        metadata=metadata,
+        **fields,
+    )
+
+
+class ModelCritic:
+    """A language model in the critic role: the policy itself ('self') or a frozen second model."""
+
+    def __init__(
+        self,
+        backend: GenerationBackend,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: Prompts,
+        settings: SessionSettings,
+        trainable: bool,
+    ) -> None:
+        self.backend, self.tokenizer, self.prompts = backend, tokenizer, prompts
+        self.settings, self.trainable = settings, trainable
+
+    def critique(
+        self, env: Environment, attempts: list[tuple[Task, Sample]]
+    ) -> list[tuple[str, Sample | None]]:
+        prompts = [
+            encode_prompt(
+                self.tokenizer,
+                critic_messages(task, attempt_summary(env, task, s), s.reward, self.prompts),
+                self.settings.enable_thinking,
+            )
+            for task, s in attempts
+        ]
+        outputs = self.backend.generate(
+            prompts,
+            self.settings.critic_max_new_tokens,
+            temperature=self.settings.temperature,
+            top_p=self.settings.top_p,
+        )
+        results: list[tuple[str, Sample | None]] = []
+        for (task, attempt), prompt, out in zip(attempts, prompts, outputs, strict=True):
+            text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+            critique = parse_critique(text, self.prompts.critique_tag)
+            sample = critic_sample(
+                task,
+                attempt,
+                critique,
+                prompt_ids=prompt,
+                behavior_prompt_ids=prompt,
+                response_ids=out.token_ids,
+                loss_mask=[1] * len(out.token_ids),
+                behavior_logprobs=out.logprobs,
+                text=text,
+                finish_reason=out.finish_reason,
+                trainable=self.trainable,
+            )
+            results.append((critique, sample))
+        return results
+
+
+class RuleCritic:
+    """ "Correct/incorrect; the answer is X" from the gold answer (Critique-GRPO's rule critic)."""
+
+    trainable = False
+
+    def __init__(self, prompts: Prompts) -> None:
+        self.prompts = prompts
+
+    def critique(
+        self, env: Environment, attempts: list[tuple[Task, Sample]]
+    ) -> list[tuple[str, Sample | None]]:
+        return [(rule_critique(task, s.success, self.prompts), None) for task, s in attempts]
 
 
 @dataclass(frozen=True)
@@ -111,54 +211,18 @@ class HTTPCritic:
         return results
 
 
-def make_critic(
-    spec: CriticSpec,
-    backend: GenerationBackend,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Prompts,
-    settings: SessionSettings,
-    *,
-    train_self: bool = False,
-    device: str = "auto",
-    dtype: str = "auto",
-    trust_remote_code: bool = False,
-    batch_size: int = 256,
-    prompt_overrides: dict[str, str | None] | None = None,
-) -> Critic:
-    """The critic ``spec`` names. ``backend``/``tokenizer``/``prompts`` are the solver's: `self`
-    critiques with them (trained when ``train_self``), and a server critic uses the solver's
-    prompt templates. A frozen model is loaded on ``device`` with its own shipped prompts, then
-    ``prompt_overrides``."""
-    if spec.kind == "self":
-        return ModelCritic(backend, tokenizer, prompts, settings, trainable=train_self)
-    if spec.kind == "rule":
-        return RuleCritic(prompts)
-    assert spec.model is not None
-    if spec.kind == "http":
-        assert spec.url is not None
-        client = OpenAIBackend(spec.url, spec.model, enable_thinking=settings.enable_thinking)
-        # A short request at the critique budget now, so a wrong URL, a model the server does
-        # not serve or a budget its context cannot hold fails before any attempt is generated.
-        budget = settings.critic_max_new_tokens
-        try:
-            client.chat([[{"role": "user", "content": "ping"}]], budget)
-        except ModelLoadError as err:
-            what = f"critic '{spec.text}' ({budget} tokens a critique)"
-            raise ModelLoadError(f"{what}: {err}") from None
-        return HTTPCritic(client, spec.url, prompts, settings)
-    from icrl_cli.generation.hf import HFBackend
-    from icrl_cli.models import load_model, resolve_model_name
-
+def connect_http_critic(
+    spec: CriticSpec, prompts: Prompts, settings: SessionSettings
+) -> HTTPCritic:
+    """The server critic ``spec`` names, after a short request at the critique budget, so that a
+    wrong URL, a model the server does not serve or a budget its context cannot hold fails before
+    any attempt is generated."""
+    assert spec.url is not None and spec.model is not None
+    client = OpenAIBackend(spec.url, spec.model, enable_thinking=settings.enable_thinking)
+    budget = settings.critic_max_new_tokens
     try:
-        model, critic_tokenizer = load_model(spec.model, device, dtype, trust_remote_code)
+        client.chat([[{"role": "user", "content": "ping"}]], budget)
     except ModelLoadError as err:
-        raise ModelLoadError(f"critic '{spec.text}': {err} (a critic is {SPEC_FORMS})") from None
-    model.eval().requires_grad_(False)
-    critic_prompts = Prompts.resolve(prompt_overrides or {}, resolve_model_name(spec.model))
-    return ModelCritic(
-        HFBackend(model, critic_tokenizer, batch_size),
-        critic_tokenizer,
-        critic_prompts,
-        settings,
-        trainable=False,
-    )
+        what = f"critic '{spec.text}' ({budget} tokens a critique)"
+        raise ModelLoadError(f"{what}: {err}") from None
+    return HTTPCritic(client, spec.url, prompts, settings)

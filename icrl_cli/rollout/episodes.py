@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from environments import Episode, EpisodeFailed, StepResult, Task, react_action
 from icrl_cli.generation import GenerationBackend
+from icrl_cli.rollout.settings import SessionSettings
 
 # Stand-ins used to find where an assistant turn ends in the chat template's text.
 _FIRST_USER = "\u2063task\u2063"
@@ -66,17 +67,6 @@ def trajectory_summary(turns: Sequence[tuple[str, str]], observation_chars: int)
     return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class TurnLimits:
-    max_new_tokens: int
-    max_turns: int = 30
-    repeat_limit: int = 3
-    context_tokens: int = 4096
-    temperature: float = 1.0
-    top_p: float = 1.0
-    enable_thinking: bool = False
-
-
 @dataclass
 class Rollout:
     """One episode as a sample's response: tokens, loss mask, log-probs and what happened."""
@@ -120,23 +110,23 @@ def play(
     tokenizer: PreTrainedTokenizerBase,
     episodes: Sequence[Episode | None],
     prompts: Sequence[list[int]],
-    limits: TurnLimits,
+    settings: SessionSettings,
     workers: int = 16,
 ) -> list[Rollout]:
-    """Play every episode from its (behavior) prompt until it stops; None is an episode that
-    failed to start. Environment steps run on a thread pool (remote servers answer in
-    parallel)."""
+    """Play every episode from its (behavior) prompt until it stops, within ``settings``'s
+    turn, repeat and context limits; None is an episode that failed to start. Environment steps
+    run on a thread pool (remote servers answer in parallel)."""
     rollouts = [Rollout() for _ in episodes]
     for rollout, episode in zip(rollouts, episodes, strict=True):
         if episode is None:
             rollout.stop, rollout.error = "failed", rollout.error or "the episode did not start"
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in range(limits.max_turns):
+        for _ in range(settings.max_turns):
             live = [i for i, r in enumerate(rollouts) if not r.stop]
             fits = []
             for i in live:
-                if len(prompts[i]) + len(rollouts[i].response_ids) + limits.max_new_tokens > (
-                    limits.context_tokens
+                if len(prompts[i]) + len(rollouts[i].response_ids) + settings.max_new_tokens > (
+                    settings.context_tokens
                 ):
                     rollouts[i].stop = "context"
                 else:
@@ -145,7 +135,10 @@ def play(
                 break
             contexts = [prompts[i] + rollouts[i].response_ids for i in fits]
             outputs = backend.generate(
-                contexts, limits.max_new_tokens, temperature=limits.temperature, top_p=limits.top_p
+                contexts,
+                settings.max_new_tokens,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
             )
             texts = [tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outputs]
             results = list(pool.map(_step, [episodes[i] for i in fits], texts))
@@ -162,15 +155,15 @@ def play(
                 rollout.reward = float(result.reward)
                 if result.done:
                     rollout.stop = "done"
-                elif _repeated(rollout.turns, limits.repeat_limit):
+                elif _repeated(rollout.turns, settings.repeat_limit):
                     rollout.stop = "repeat"
-                elif len(rollout.turns) == limits.max_turns:
+                elif len(rollout.turns) == settings.max_turns:
                     rollout.stop = "turns"
                 else:
                     ids = observation_ids(
                         tokenizer,
                         result.observation,
-                        limits.enable_thinking,
+                        settings.enable_thinking,
                         after_eos=out.finish_reason == "stop",
                     )
                     rollout.response_ids += ids

@@ -58,3 +58,8 @@ class Sample:
         record.pop("behavior_logprobs")
         record["response_tokens"] = len(self.response_ids)
         return record
+
+
+def is_failed(sample: Sample) -> bool:
+    """An episode its environment lost (e.g. a dead server): out of training and of metrics."""
+    return sample.metadata.get("stop") == "failed"

@@ -12,152 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from environments import Environment, Task, opening
 from icrl_cli.generation import GenerationBackend
-from icrl_cli.rollout.episodes import TurnLimits, play, start_all, trajectory_summary
-from icrl_cli.rollout.prompts import (
-    Prompts,
-    critic_messages,
-    encode_prompt,
-    parse_critique,
-    rule_critique,
-    solver_messages,
-)
-from icrl_cli.rollout.samples import Sample
-from icrl_cli.trainer.algorithms import critic_reward
-
-
-@dataclass(frozen=True)
-class SessionSettings:
-    sessions_per_query: int
-    max_rounds: int = 1
-    gate: str = "oracle"
-    critic_reward: str = "success_or_delta"
-    max_new_tokens: int = 512
-    critic_max_new_tokens: int = 1024
-    temperature: float = 1.0
-    top_p: float = 1.0
-    enable_thinking: bool = False
-    # Multi-turn environments only.
-    max_turns: int = 30
-    repeat_limit: int = 3
-    context_tokens: int = 4096
-    summary_observation_chars: int = 300
-
-    def turn_limits(self) -> TurnLimits:
-        return TurnLimits(
-            max_new_tokens=self.max_new_tokens,
-            max_turns=self.max_turns,
-            repeat_limit=self.repeat_limit,
-            context_tokens=self.context_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            enable_thinking=self.enable_thinking,
-        )
-
-
-def attempt_summary(env: Environment, task: Task, attempt: Sample) -> str:
-    """The attempt as the critic reads it: a multi-turn episode's trajectory summary, or the
-    environment's rendering of a single response."""
-    summary = attempt.metadata.get("summary")
-    return summary if summary is not None else env.render_attempt(task, attempt.text)
-
-
-class Critic(Protocol):
-    """Writes one critique per failed (or, ungated, any) attempt."""
-
-    trainable: bool
-
-    def critique(
-        self, env: Environment, attempts: list[tuple[Task, Sample]]
-    ) -> list[tuple[str, Sample | None]]:
-        """(critique text, the critic's Sample or None when no model wrote it) per attempt."""
-        ...
-
-
-def critic_sample(task: Task, attempt: Sample, critique: str, **fields: Any) -> Sample:
-    """The critic's sample for its critique of ``attempt``; ``fields`` hold what it generated
-    (its tokens, text, trainability). Its reward is set once the next attempt is scored."""
-    metadata = {"critique": critique, "reward_before": attempt.reward, **fields.pop("metadata", {})}
-    return Sample(
-        query_id=task.id,
-        session=attempt.session,
-        round=attempt.round,
-        role="critic",
-        metadata=metadata,
-        **fields,
-    )
-
-
-class ModelCritic:
-    """A language model in the critic role: the policy itself ('self') or a frozen second model."""
-
-    def __init__(
-        self,
-        backend: GenerationBackend,
-        tokenizer: PreTrainedTokenizerBase,
-        prompts: Prompts,
-        settings: SessionSettings,
-        trainable: bool,
-    ) -> None:
-        self.backend, self.tokenizer, self.prompts = backend, tokenizer, prompts
-        self.settings, self.trainable = settings, trainable
-
-    def critique(
-        self, env: Environment, attempts: list[tuple[Task, Sample]]
-    ) -> list[tuple[str, Sample | None]]:
-        prompts = [
-            encode_prompt(
-                self.tokenizer,
-                critic_messages(task, attempt_summary(env, task, s), s.reward, self.prompts),
-                self.settings.enable_thinking,
-            )
-            for task, s in attempts
-        ]
-        outputs = self.backend.generate(
-            prompts,
-            self.settings.critic_max_new_tokens,
-            temperature=self.settings.temperature,
-            top_p=self.settings.top_p,
-        )
-        results: list[tuple[str, Sample | None]] = []
-        for (task, attempt), prompt, out in zip(attempts, prompts, outputs, strict=True):
-            text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
-            critique = parse_critique(text, self.prompts.critique_tag)
-            sample = critic_sample(
-                task,
-                attempt,
-                critique,
-                prompt_ids=prompt,
-                behavior_prompt_ids=prompt,
-                response_ids=out.token_ids,
-                loss_mask=[1] * len(out.token_ids),
-                behavior_logprobs=out.logprobs,
-                text=text,
-                finish_reason=out.finish_reason,
-                trainable=self.trainable,
-            )
-            results.append((critique, sample))
-        return results
-
-
-class RuleCritic:
-    """ "Correct/incorrect; the answer is X" from the gold answer (Critique-GRPO's rule critic)."""
-
-    trainable = False
-
-    def __init__(self, prompts: Prompts) -> None:
-        self.prompts = prompts
-
-    def critique(
-        self, env: Environment, attempts: list[tuple[Task, Sample]]
-    ) -> list[tuple[str, Sample | None]]:
-        return [(rule_critique(task, s.success, self.prompts), None) for task, s in attempts]
+from icrl_cli.rollout.critics import Critic
+from icrl_cli.rollout.episodes import play, start_all, trajectory_summary
+from icrl_cli.rollout.prompts import Prompts, encode_prompt, solver_messages
+from icrl_cli.rollout.samples import Sample, is_failed
+from icrl_cli.rollout.settings import SessionSettings
 
 
 @dataclass
@@ -278,7 +144,7 @@ def _multi_turn_round(
         if s.task.id in openings:
             s.task = replace(s.task, prompt=openings[s.task.id])
     free, behavior = _solver_prompts(tokenizer, env, sessions, settings, prompts)
-    rollouts = play(backend, tokenizer, [e for e, _ in started], behavior, settings.turn_limits())
+    rollouts = play(backend, tokenizer, [e for e, _ in started], behavior, settings)
     samples = []
     for s, context, rollout, (_, error) in zip(sessions, behavior, rollouts, started, strict=True):
         rollout.error = error or rollout.error
@@ -369,10 +235,9 @@ def continue_sessions(
         attempts = _solver_round(backend, tokenizer, env, active, round_, settings, prompts)
         for session, (_, critic_sample), attempt in zip(active, critiques, attempts, strict=True):
             if critic_sample is not None:
-                critic_sample.reward = critic_reward(
-                    session.last.reward, attempt.reward, settings.critic_reward
-                )
-                if is_failed(attempt):  # the critique's effect was never measured
+                # What the critique was worth is the trainer's to say (Eq. 3), from this
+                # attempt's reward; unless the attempt was lost, which measures nothing.
+                if is_failed(attempt):
                     critic_sample.trainable = False
                     critic_sample.metadata["unmeasured"] = True
             session.last = attempt
@@ -395,73 +260,3 @@ def run_sessions(
     if critic is not None:
         samples += continue_sessions(backend, tokenizer, env, sessions, settings, prompts, critic)
     return samples
-
-
-def is_failed(sample: Sample) -> bool:
-    """An episode its environment lost (e.g. a dead server): out of training and of metrics."""
-    return sample.metadata.get("stop") == "failed"
-
-
-def swap_in_best_refinements(samples: list[Sample]) -> list[Sample]:
-    """Critique-GRPO's group: per query, the best revision replaces the attempt it refined and
-    the other revisions are dropped, so the group keeps G solver samples."""
-    best: dict[str, Sample] = {}
-    for s in samples:
-        if s.role == "solver" and s.round > 1 and not is_failed(s):
-            if s.query_id not in best or s.reward > best[s.query_id].reward:
-                best[s.query_id] = s
-    kept = []
-    for s in samples:
-        chosen = best.get(s.query_id)
-        if s.role == "solver" and s.round > 1:
-            continue  # revisions enter only in place of the attempt they refined
-        if chosen is not None and s.role == "solver" and s.session == chosen.session:
-            kept.append(chosen)
-        else:
-            kept.append(s)
-    return kept
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def session_metrics(samples: list[Sample], gate: str) -> dict[str, float | int | None]:
-    """What the sessions of one step did: success before and after critique, the critic's
-    reward and length, and how revisions changed outcomes (None where nothing was measured)."""
-    failed = [s for s in samples if is_failed(s)]
-    solver = [s for s in samples if s.role == "solver" and not is_failed(s)]
-    critic = [s for s in samples if s.role == "critic" and not s.metadata.get("unmeasured")]
-    final: dict[tuple[str, int], Sample] = {}
-    for s in solver:
-        key = (s.query_id, s.session)
-        if key not in final or s.round > final[key].round:
-            final[key] = s
-    revisions = [s for s in solver if s.is_revision]
-    after_failure = [s.success for s in revisions if s.metadata["previous_reward"] != 1.0]
-    after_success = [not s.success for s in revisions if s.metadata["previous_reward"] == 1.0]
-    return {
-        "solver/reward_mean": _mean([s.reward for s in solver]),
-        "solver/success_round1": _mean([s.success for s in solver if s.round == 1]),
-        "solver/success_final": _mean([s.success for s in final.values()]),
-        "solver/response_tokens_mean": _mean([len(s.response_ids) for s in solver]),
-        "critic/reward_mean": _mean([s.reward for s in critic]),
-        "critic/tokens_mean": _mean([s.completion_tokens for s in critic]),
-        "sessions/revisions": len(revisions),
-        "sessions/fix_rate": _mean(after_failure),
-        "sessions/break_rate": _mean(after_success) if gate == "ungated" else None,
-        "env/failed_episodes": len(failed),
-    }
-
-
-def episode_metrics(samples: list[Sample]) -> dict[str, float | None]:
-    """Turn counts and how multi-turn episodes ended (fractions of the episodes played)."""
-    episodes = [s for s in samples if s.role == "solver" and "stop" in s.metadata]
-    if not episodes:
-        return {}
-    record: dict[str, float | None] = {
-        "env/turns_mean": _mean([s.metadata["turns"] for s in episodes]),
-    }
-    for stop in ("done", "turns", "repeat", "context", "failed"):
-        record[f"env/stop_{stop}"] = _mean([s.metadata["stop"] == stop for s in episodes])
-    return record

@@ -1,23 +1,151 @@
-"""The RL algorithms as pure functions over tensors: advantages, weights, losses, aggregation.
+"""The RL algorithms as pure functions over tensors, in the paper's order (arXiv 2605.15224):
+Eq. 3 the critic's reward, Eq. 4 the calibration weights, Eq. 5 role-wise advantages, Eq. 6 the
+weighted clipped surrogate and its aggregation.
 
 Nothing here touches a model, a config object or the disk; every function is tested on tiny
-tensors. Notation follows the ICRL paper (arXiv 2605.15224): Eq. 5 role-wise advantages, Eq. 4
-calibration weights, Eq. 6 the weighted clipped surrogate.
+tensors. Each family of variants is a name → function registry (``CALIBRATION_WEIGHTS``,
+``POLICY_LOSSES``, ``LOSS_AGGREGATIONS``, ``CRITIC_REWARDS``) from which the config's allowed
+values are read: a new variant is one function under one ``@register`` line.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
+from torch import Tensor
 
-LossAggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-LOSS_AGGREGATIONS: tuple[str, ...] = (
-    "token-mean",
-    "seq-mean-token-mean",
-    "seq-mean-token-sum-norm",
-)
+F = TypeVar("F", bound=Callable)
+
+
+def registrar(registry: dict[str, F]) -> Callable[[str], Callable[[F], F]]:
+    """``@register(name)`` for one registry."""
+
+    def register(name: str) -> Callable[[F], F]:
+        def add(fn: F) -> F:
+            registry[name] = fn
+            return fn
+
+        return add
+
+    return register
+
+
+def lookup(registry: dict[str, F], family: str, name: str) -> F:
+    """The function registered as ``name``; an unknown name lists the valid ones."""
+    if name not in registry:
+        raise ValueError(f"unknown {family} '{name}'; choose one of: {', '.join(registry)}")
+    return registry[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Eq. 3: the critic's reward
+
+CRITIC_REWARDS: dict[str, Callable[[float, float], float]] = {}
+register_critic_reward = registrar(CRITIC_REWARDS)
+
+
+@register_critic_reward("success_or_delta")
+def success_or_delta(previous: float, following: float) -> float:
+    """The paper's: 1 if the next attempt succeeds, else R(next) − R(prev)."""
+    return 1.0 if following == 1.0 else following - previous
+
+
+@register_critic_reward("delta")
+def delta(previous: float, following: float) -> float:
+    """The predecessor's: always R(next) − R(prev)."""
+    return following - previous
+
+
+@register_critic_reward("success")
+def success(previous: float, following: float) -> float:
+    """1 or 0 for the next attempt's success."""
+    return 1.0 if following == 1.0 else 0.0
+
+
+def critic_reward(previous: float, following: float, mode: str = "success_or_delta") -> float:
+    """Eq. 3: a critique is worth what the attempt after it gained."""
+    return lookup(CRITIC_REWARDS, "critic reward", mode)(previous, following)
+
+
+# ---------------------------------------------------------------------------------------------
+# Eq. 4: calibration weights. Each takes [batch, tokens] log-probs under the training context
+# (π_old) and the behavior context (μ), the loss mask and the clamp bounds.
+
+CalibrationWeights = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, float, float], torch.Tensor
+]
+CALIBRATION_WEIGHTS: dict[str, CalibrationWeights] = {}
+register_calibration = registrar(CALIBRATION_WEIGHTS)
+
+
+def _log_ratio(old_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor) -> torch.Tensor:
+    return (old_logprobs - behavior_logprobs).detach().clamp(-20.0, 20.0)
+
+
+def calibration_weights(
+    old_logprobs: torch.Tensor,
+    behavior_logprobs: torch.Tensor,
+    w_min: float = 0.0,
+    w_max: float = 2.0,
+) -> torch.Tensor:
+    """Eq. 4: ``w_t = clamp(exp(log π_old(y_t|x̃) − log μ(y_t|x_behav)), w_min, w_max)``.
+
+    The weight carries no gradient.
+
+    For a revision, ``x̃`` is the critique-free prompt and ``x_behav`` the critique-conditioned
+    one, so ``w_t`` says how much the critique was needed for that token. Elsewhere both contexts
+    agree and ``w_t`` only corrects the tiny train/inference mismatch (≈ 1).
+    """
+    return _log_ratio(old_logprobs, behavior_logprobs).exp().clamp(w_min, w_max)
+
+
+@register_calibration("token_tis")
+def token_tis(old: Tensor, behavior: Tensor, mask: Tensor, w_min: float, w_max: float) -> Tensor:
+    """Eq. 4, token by token."""
+    return calibration_weights(old, behavior, w_min, w_max)
+
+
+@register_calibration("none")
+def no_calibration(
+    old: Tensor, behavior: Tensor, mask: Tensor, w_min: float, w_max: float
+) -> Tensor:
+    """w ≡ 1: revisions are trained as if the critique-free policy had sampled them."""
+    return torch.ones_like(old)
+
+
+@register_calibration("seq_geomean")
+def seq_geomean(old: Tensor, behavior: Tensor, mask: Tensor, w_min: float, w_max: float) -> Tensor:
+    """One weight per sample: the clamped geometric mean of its token ratios."""
+    log_ratio = _log_ratio(old, behavior)
+    mean = (log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    return mean.exp().clamp(w_min, w_max).unsqueeze(-1).expand_as(log_ratio).contiguous()
+
+
+@register_calibration("icepop_mask")
+def icepop_mask(old: Tensor, behavior: Tensor, mask: Tensor, w_min: float, w_max: float) -> Tensor:
+    """The raw ratio inside [w_min, w_max], zero outside (IcePop's masking)."""
+    ratio = _log_ratio(old, behavior).exp()
+    return torch.where((ratio >= w_min) & (ratio <= w_max), ratio, torch.zeros_like(ratio))
+
+
+def token_weights(
+    old_logprobs: torch.Tensor,
+    behavior_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    w_min: float = 0.0,
+    w_max: float = 2.0,
+) -> torch.Tensor:
+    """The per-token weight the calibration ``mode`` multiplies onto the policy loss."""
+    weigh = lookup(CALIBRATION_WEIGHTS, "calibration weight", mode)
+    return weigh(old_logprobs, behavior_logprobs, mask, w_min, w_max)
+
+
+# ---------------------------------------------------------------------------------------------
+# Eq. 5: role-wise advantages
 
 
 def role_wise_advantages(
@@ -50,22 +178,26 @@ def role_wise_advantages(
     return advantages.to(torch.float32)
 
 
-def calibration_weights(
-    old_logprobs: torch.Tensor,
-    behavior_logprobs: torch.Tensor,
-    w_min: float = 0.0,
-    w_max: float = 2.0,
-) -> torch.Tensor:
-    """Eq. 4: ``w_t = clamp(exp(log π_old(y_t|x̃) − log μ(y_t|x_behav)), w_min, w_max)``.
+# ---------------------------------------------------------------------------------------------
+# Eq. 6: the policy loss per token. Each returns the per-token loss and a float mask of the
+# tokens where clipping was active (for ``loss/clip_frac``).
 
-    The weight carries no gradient.
 
-    For a revision, ``x̃`` is the critique-free prompt and ``x_behav`` the critique-conditioned
-    one, so ``w_t`` says how much the critique was needed for that token. Elsewhere both contexts
-    agree and ``w_t`` only corrects the tiny train/inference mismatch (≈ 1).
-    """
-    log_ratio = (old_logprobs - behavior_logprobs).detach().clamp(-20.0, 20.0)
-    return log_ratio.exp().clamp(w_min, w_max)
+@dataclass(frozen=True)
+class LossSettings:
+    """The numbers a policy loss reads: PPO's clip widths and the shaping's γ."""
+
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    shaping_gamma: float = 0.1
+
+
+PolicyLoss = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, LossSettings],
+    tuple[torch.Tensor, torch.Tensor],
+]
+POLICY_LOSSES: dict[str, PolicyLoss] = {}
+register_policy_loss = registrar(POLICY_LOSSES)
 
 
 def clipped_policy_loss(
@@ -79,8 +211,7 @@ def clipped_policy_loss(
     """Eq. 6 per token: ``−w_t · min(ρ_t Â, clip(ρ_t, 1−ε_low, 1+ε_high) Â)``.
 
     ``logprobs``/``old_logprobs``/``weights`` are ``[batch, tokens]``; ``advantages`` is
-    ``[batch]`` (one scalar per sample, broadcast over its tokens). Returns the per-token loss
-    and a float mask of the tokens where clipping was active (for ``loss/clip_frac``).
+    ``[batch]`` (one scalar per sample, broadcast over its tokens).
     """
     ratio = torch.exp((logprobs - old_logprobs).clamp(-20.0, 20.0))
     adv = advantages.unsqueeze(-1)
@@ -93,93 +224,6 @@ def clipped_policy_loss(
     return loss, clip_active
 
 
-def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """Schulman's k3 estimator of KL(π_θ‖π_ref) per token: ``exp(δ) − δ − 1``, ``δ = ref − θ``.
-
-    Non-negative and unbiased; ``δ`` is clamped to ±20 so a rare token cannot overflow ``exp``.
-    """
-    delta = (ref_logprobs - logprobs).clamp(-20.0, 20.0)
-    return delta.exp() - delta - 1.0
-
-
-def aggregate_loss(
-    per_token: torch.Tensor,
-    mask: torch.Tensor,
-    mode: LossAggregation,
-    num_samples: int,
-    num_tokens: int,
-    max_new_tokens: int,
-) -> torch.Tensor:
-    """Reduce a micro-batch's per-token loss to its share of the whole batch's scalar loss.
-
-    The normalisers are those of the **whole** optimizer batch (``num_samples`` samples,
-    ``num_tokens`` loss-masked tokens), so summing the returned values over micro-batches gives
-    exactly the full-batch loss — gradient accumulation changes nothing.
-
-    - ``token-mean``: Σ loss / total tokens (DAPO, verl's default).
-    - ``seq-mean-token-mean``: mean over samples of each sample's token mean (GRPO, ICRL).
-    - ``seq-mean-token-sum-norm``: Σ loss / (samples × max_new_tokens) (Dr. GRPO's constant).
-    """
-    mask = mask.to(per_token.dtype)
-    masked = per_token * mask
-    if mode == "token-mean":
-        return masked.sum() / max(num_tokens, 1)
-    if mode == "seq-mean-token-mean":
-        per_sample = masked.sum(-1) / mask.sum(-1).clamp(min=1.0)
-        return per_sample.sum() / max(num_samples, 1)
-    if mode == "seq-mean-token-sum-norm":
-        return masked.sum() / max(num_samples * max_new_tokens, 1)
-    raise ValueError(
-        f"unknown loss aggregation '{mode}'; choose one of: {', '.join(LOSS_AGGREGATIONS)}"
-    )
-
-
-def critic_reward(previous: float, following: float, mode: str = "success_or_delta") -> float:
-    """Eq. 3: a critique is worth what the attempt after it gained.
-
-    ``success_or_delta`` (the paper): 1 if the next attempt succeeds, else R(next) − R(prev);
-    ``delta`` (the predecessor's): always R(next) − R(prev); ``success``: 1 or 0.
-    """
-    if mode == "success_or_delta":
-        return 1.0 if following == 1.0 else following - previous
-    if mode == "delta":
-        return following - previous
-    if mode == "success":
-        return 1.0 if following == 1.0 else 0.0
-    raise ValueError(f"unknown critic reward '{mode}'")
-
-
-CALIBRATIONS = ("token_tis", "none", "seq_geomean", "icepop_mask", "luffy_shaping", "keep_critique")
-
-
-def token_weights(
-    old_logprobs: torch.Tensor,
-    behavior_logprobs: torch.Tensor,
-    mask: torch.Tensor,
-    mode: str,
-    w_min: float = 0.0,
-    w_max: float = 2.0,
-) -> torch.Tensor:
-    """The per-token weight each calibration mode multiplies onto the clipped surrogate.
-
-    ``token_tis`` is Eq. 4; ``seq_geomean`` gives every token of a sample the clamped geometric
-    mean of its ratios; ``icepop_mask`` keeps the raw ratio inside [w_min, w_max] and zeroes it
-    outside; the other modes (``none``, ``luffy_shaping``, ``keep_critique``) weigh tokens by 1.
-    """
-    if mode == "token_tis":
-        return calibration_weights(old_logprobs, behavior_logprobs, w_min, w_max)
-    log_ratio = (old_logprobs - behavior_logprobs).detach().clamp(-20.0, 20.0)
-    if mode == "seq_geomean":
-        mean = (log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
-        return mean.exp().clamp(w_min, w_max).unsqueeze(-1).expand_as(log_ratio).contiguous()
-    if mode == "icepop_mask":
-        ratio = log_ratio.exp()
-        return torch.where((ratio >= w_min) & (ratio <= w_max), ratio, torch.zeros_like(ratio))
-    if mode in ("none", "luffy_shaping", "keep_critique"):
-        return torch.ones_like(log_ratio)
-    raise ValueError(f"unknown calibration '{mode}'; choose one of: {', '.join(CALIBRATIONS)}")
-
-
 def shaped_policy_loss(
     logprobs: torch.Tensor, advantages: torch.Tensor, gamma: float = 0.1
 ) -> torch.Tensor:
@@ -190,3 +234,89 @@ def shaped_policy_loss(
     """
     p = logprobs.exp()
     return -(p / (p + gamma)) * advantages.unsqueeze(-1)
+
+
+@register_policy_loss("clipped")
+def clipped(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    weights: Tensor,
+    settings: LossSettings,
+) -> tuple[Tensor, Tensor]:
+    """Eq. 6: the weighted clipped surrogate."""
+    return clipped_policy_loss(
+        logprobs, old_logprobs, advantages, settings.eps_low, settings.eps_high, weights
+    )
+
+
+@register_policy_loss("shaped")
+def shaped(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    weights: Tensor,
+    settings: LossSettings,
+) -> tuple[Tensor, Tensor]:
+    """Critique-GRPO's p/(p+γ) objective, weighted; it never clips."""
+    loss = shaped_policy_loss(logprobs, advantages, settings.shaping_gamma) * weights
+    return loss, torch.zeros_like(loss)
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation: a micro-batch's per-token loss → its share of the whole batch's scalar loss.
+# The normalisers are those of the **whole** optimizer batch (``num_samples`` samples,
+# ``num_tokens`` loss-masked tokens), so summing over micro-batches gives exactly the full-batch
+# loss: gradient accumulation changes nothing.
+
+Aggregation = Callable[[torch.Tensor, torch.Tensor, int, int, int], torch.Tensor]
+LOSS_AGGREGATIONS: dict[str, Aggregation] = {}
+register_aggregation = registrar(LOSS_AGGREGATIONS)
+
+
+@register_aggregation("token-mean")
+def token_mean(
+    masked: Tensor, mask: Tensor, num_samples: int, num_tokens: int, max_new_tokens: int
+) -> Tensor:
+    """Σ loss / total tokens (DAPO, verl's default)."""
+    return masked.sum() / max(num_tokens, 1)
+
+
+@register_aggregation("seq-mean-token-mean")
+def seq_mean_token_mean(
+    masked: Tensor, mask: Tensor, num_samples: int, num_tokens: int, max_new_tokens: int
+) -> Tensor:
+    """The mean over samples of each sample's token mean (GRPO, ICRL)."""
+    per_sample = masked.sum(-1) / mask.sum(-1).clamp(min=1.0)
+    return per_sample.sum() / max(num_samples, 1)
+
+
+@register_aggregation("seq-mean-token-sum-norm")
+def seq_mean_token_sum_norm(
+    masked: Tensor, mask: Tensor, num_samples: int, num_tokens: int, max_new_tokens: int
+) -> Tensor:
+    """Σ loss / (samples × max_new_tokens) (Dr. GRPO's constant)."""
+    return masked.sum() / max(num_samples * max_new_tokens, 1)
+
+
+def aggregate_loss(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    num_samples: int,
+    num_tokens: int,
+    max_new_tokens: int,
+) -> torch.Tensor:
+    """Reduce a micro-batch's per-token loss with the aggregation ``mode``."""
+    reduce = lookup(LOSS_AGGREGATIONS, "loss aggregation", mode)
+    mask = mask.to(per_token.dtype)
+    return reduce(per_token * mask, mask, num_samples, num_tokens, max_new_tokens)
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(π_θ‖π_ref) per token: ``exp(δ) − δ − 1``, ``δ = ref − θ``.
+
+    Non-negative and unbiased; ``δ`` is clamped to ±20 so a rare token cannot overflow ``exp``.
+    """
+    delta = (ref_logprobs - logprobs).clamp(-20.0, 20.0)
+    return delta.exp() - delta - 1.0

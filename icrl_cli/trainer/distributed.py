@@ -17,14 +17,13 @@ import datetime
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from transformers import PreTrainedModel
 
-if TYPE_CHECKING:
-    from icrl_cli.trainer.policy import ResponseScorer
+from icrl_cli.trainer.logprobs import ResponseScorer
 
 T = TypeVar("T")
 
@@ -113,8 +112,6 @@ def shard_for_update(model: PreTrainedModel) -> ResponseScorer:
     """A copy of ``model`` for the update, sharded over the ranks with ``fully_shard``: each
     decoder layer its own unit, the rest (embeddings, tied head, final norm) the root."""
     from torch.distributed.fsdp import fully_shard
-
-    from icrl_cli.trainer.policy import ResponseScorer
 
     scorer = ResponseScorer(copy.deepcopy(model))
     for layer in scorer.model.get_decoder().layers:

@@ -15,192 +15,36 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from icrl_cli.generation.base import Generation
 from icrl_cli.generation.hf import HFBackend
-from icrl_cli.models import load_model
 from icrl_cli.rollout.prompts import encode_prompt
-
-# OpenAI's legacy completions allow 5 alternatives a token; vLLM's default ceiling is 20.
-MAX_TOP_LOGPROBS = 20
-MAX_N = 64
-
-
-class ApiError(Exception):
-    """A request the server refuses; rendered as OpenAI's ``{"error": {...}}`` body."""
-
-    def __init__(
-        self, message: str, status: int = 400, param: str | None = None, code: str | None = None
-    ):
-        super().__init__(message)
-        self.message, self.status, self.param, self.code = message, status, param, code
-
-
-# --- requests ---------------------------------------------------------------------------------
-
-
-class SamplingRequest(BaseModel):
-    """The sampling fields both completion endpoints share (unknown fields are ignored, as
-    OpenAI's clients send some we have no use for)."""
-
-    model: str | None = None
-    n: int = Field(1, ge=1, le=MAX_N)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
-    return_tokens_as_token_ids: bool = False
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-
-    @model_validator(mode="after")
-    def _only_what_is_served(self) -> SamplingRequest:
-        if self.stream:
-            raise ValueError("stream=true is not supported; ask for the whole response")
-        if self.presence_penalty or self.frequency_penalty:
-            raise ValueError("presence_penalty and frequency_penalty are not supported (use 0)")
-        return self
-
-    def stop_strings(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
-
-
-class CompletionRequest(SamplingRequest):
-    # A string, strings, token ids or lists of token ids, as OpenAI's API and vLLM accept.
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int = Field(16, ge=1)
-    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    echo: bool = False
-
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, echo: bool) -> bool:
-        if echo:
-            raise ValueError("echo=true is not supported")
-        return echo
-
-
-class TextPart(BaseModel):
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart]
-
-    def as_template_message(self) -> dict[str, str]:
-        content = self.content
-        if not isinstance(content, str):
-            content = "\n".join(part.text for part in content)
-        return {"role": self.role, "content": content}
-
-
-class ChatTemplateKwargs(BaseModel, extra="forbid"):
-    # Qwen3's template thinks unless told not to, and so does this server (as vLLM's does).
-    enable_thinking: bool = True
-
-
-class ChatCompletionRequest(SamplingRequest):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    chat_template_kwargs: ChatTemplateKwargs | None = None
-
-
-# --- responses --------------------------------------------------------------------------------
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "icrl"
-    max_model_len: int
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class CompletionLogprobs(BaseModel):
-    tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
-    text_offset: list[int]
-
-
-class CompletionChoice(BaseModel):
-    index: int
-    text: str
-    logprobs: CompletionLogprobs | None
-    finish_reason: Literal["stop", "length"]
-
-
-class CompletionResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage
-
-
-class TopLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int]
-
-
-class TokenLogprob(TopLogprob):
-    top_logprobs: list[TopLogprob]
-
-
-class ChatLogprobs(BaseModel):
-    content: list[TokenLogprob]
-
-
-class AssistantMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class ChatChoice(BaseModel):
-    index: int
-    message: AssistantMessage
-    logprobs: ChatLogprobs | None
-    finish_reason: Literal["stop", "length"]
-
-
-class ChatCompletionResponse(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage
-
+from icrl_cli.server.schema import (
+    ApiError,
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    ChatTemplateKwargs,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+    SamplingRequest,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 
 # --- the model behind the endpoints -----------------------------------------------------------
 
@@ -220,6 +64,7 @@ class ServedModel:
 
     def __init__(self, name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
         self.name, self.model, self.tokenizer = name, model.eval(), tokenizer
+        # The HF sampler: top log-probs need a forward pass of the same model (``alternatives``).
         self.backend = HFBackend(model, tokenizer)
         self.max_model_len = int(model.config.max_position_embeddings)
         self.vocab_size = int(model.config.vocab_size)
@@ -389,12 +234,73 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 # --- the app ----------------------------------------------------------------------------------
 
 
-def create_app(model_name: str, device: str = "auto") -> FastAPI:
-    """The server for ``model_name`` (anything ``icrl_cli.models.load_model`` takes, ``tiny``
-    included), loaded on ``device``; raises ModelLoadError when it cannot be loaded."""
-    model, tokenizer = load_model(model_name, device=device)
-    served = ServedModel(model_name, model, tokenizer)
-    app = FastAPI(title=f"icrl serve {model_name}")
+def complete(served: ServedModel, request: CompletionRequest) -> CompletionResponse:
+    """A /v1/completions request answered."""
+    served.check_model(request.model)
+    raw = request.prompt
+    listed: list[str] | list[list[int]]
+    if isinstance(raw, str):
+        listed = [raw]
+    elif raw and all(isinstance(token, int) for token in raw):
+        listed = [raw]  # type: ignore[list-item]
+    else:
+        listed = raw  # type: ignore[assignment]
+    if not listed:
+        raise ApiError("the prompt is empty", param="prompt")
+    prompts = [served.encode(p) for p in listed]
+    choices = served.sample(prompts, request, request.max_tokens, request.logprobs)
+    as_ids = request.return_tokens_as_token_ids
+    return CompletionResponse(
+        id=f"cmpl-{uuid.uuid4().hex}",
+        created=int(time.time()),
+        model=served.name,
+        choices=[
+            CompletionChoice(
+                index=i,
+                text=choice.text,
+                logprobs=(
+                    served.completion_logprobs(choice, as_ids)
+                    if request.logprobs is not None
+                    else None
+                ),
+                finish_reason=choice.generation.finish_reason,
+            )
+            for i, choice in enumerate(choices)
+        ],
+        usage=usage(prompts, choices),
+    )
+
+
+def chat(served: ServedModel, request: ChatCompletionRequest) -> ChatCompletionResponse:
+    """A /v1/chat/completions request answered."""
+    served.check_model(request.model)
+    thinking = (request.chat_template_kwargs or ChatTemplateKwargs()).enable_thinking
+    messages = [m.as_template_message() for m in request.messages]
+    prompt = encode_prompt(served.tokenizer, messages, enable_thinking=thinking)
+    max_tokens = request.max_completion_tokens or request.max_tokens
+    top_k = request.top_logprobs if request.logprobs else None
+    choices = served.sample([prompt], request, max_tokens, top_k)
+    as_ids = request.return_tokens_as_token_ids
+    return ChatCompletionResponse(
+        id=f"chatcmpl-{uuid.uuid4().hex}",
+        created=int(time.time()),
+        model=served.name,
+        choices=[
+            ChatChoice(
+                index=i,
+                message=AssistantMessage(content=choice.text),
+                logprobs=served.chat_logprobs(choice, as_ids) if request.logprobs else None,
+                finish_reason=choice.generation.finish_reason,
+            )
+            for i, choice in enumerate(choices)
+        ],
+        usage=usage([prompt], choices),
+    )
+
+
+def create_app(served: ServedModel) -> FastAPI:
+    """The OpenAI-compatible app over ``served``."""
+    app = FastAPI(title=f"icrl serve {served.name}")
     app.state.served = served
 
     @app.exception_handler(ApiError)
@@ -423,74 +329,20 @@ def create_app(model_name: str, device: str = "auto") -> FastAPI:
     # neither the event loop nor /health while another request waits for the lock.
     @app.post("/v1/completions")
     def completions(request: CompletionRequest) -> CompletionResponse:
-        served.check_model(request.model)
-        raw = request.prompt
-        listed: list[str] | list[list[int]]
-        if isinstance(raw, str):
-            listed = [raw]
-        elif raw and all(isinstance(token, int) for token in raw):
-            listed = [raw]  # type: ignore[list-item]
-        else:
-            listed = raw  # type: ignore[assignment]
-        if not listed:
-            raise ApiError("the prompt is empty", param="prompt")
-        prompts = [served.encode(p) for p in listed]
-        choices = served.sample(prompts, request, request.max_tokens, request.logprobs)
-        as_ids = request.return_tokens_as_token_ids
-        return CompletionResponse(
-            id=f"cmpl-{uuid.uuid4().hex}",
-            created=int(time.time()),
-            model=served.name,
-            choices=[
-                CompletionChoice(
-                    index=i,
-                    text=choice.text,
-                    logprobs=(
-                        served.completion_logprobs(choice, as_ids)
-                        if request.logprobs is not None
-                        else None
-                    ),
-                    finish_reason=choice.generation.finish_reason,
-                )
-                for i, choice in enumerate(choices)
-            ],
-            usage=usage(prompts, choices),
-        )
+        return complete(served, request)
 
     @app.post("/v1/chat/completions")
     def chat_completions(request: ChatCompletionRequest) -> ChatCompletionResponse:
-        served.check_model(request.model)
-        thinking = (request.chat_template_kwargs or ChatTemplateKwargs()).enable_thinking
-        messages = [m.as_template_message() for m in request.messages]
-        prompt = encode_prompt(served.tokenizer, messages, enable_thinking=thinking)
-        max_tokens = request.max_completion_tokens or request.max_tokens
-        top_k = request.top_logprobs if request.logprobs else None
-        choices = served.sample([prompt], request, max_tokens, top_k)
-        as_ids = request.return_tokens_as_token_ids
-        return ChatCompletionResponse(
-            id=f"chatcmpl-{uuid.uuid4().hex}",
-            created=int(time.time()),
-            model=served.name,
-            choices=[
-                ChatChoice(
-                    index=i,
-                    message=AssistantMessage(content=choice.text),
-                    logprobs=served.chat_logprobs(choice, as_ids) if request.logprobs else None,
-                    finish_reason=choice.generation.finish_reason,
-                )
-                for i, choice in enumerate(choices)
-            ],
-            usage=usage([prompt], choices),
-        )
+        return chat(served, request)
 
     return app
 
 
-def serve(model_name: str, host: str = "127.0.0.1", port: int = 8000, device: str = "auto") -> None:
-    """Load ``model_name`` and serve it with uvicorn; loopback by default so nothing is exposed
-    by accident. Uvicorn announces the address once the model is loaded; requests are not
-    logged (a training run's critic would fill the log)."""
+def serve(served: ServedModel, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve ``served`` with uvicorn; loopback by default so nothing is exposed by accident.
+    Uvicorn announces the address once it listens; requests are not logged (a training run's
+    critic would fill the log)."""
     import uvicorn
 
-    app = create_app(model_name, device)
+    app = create_app(served)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

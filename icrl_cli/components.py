@@ -1,0 +1,210 @@
+"""The one place that turns a RunConfig into the parts of a run: the environment, the model and
+its tokenizer (embedded names built here), the generation backend, the critic, the session
+settings, and for training the trainee the step works on.
+
+`icrl train`, `eval`, `critique-compare`, `rollout`, `serve` and `bench/` all build through it;
+nothing below it reaches up to borrow a loader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+import environments
+from environments import Environment
+from icrl_cli import models, tiny
+from icrl_cli.config import ConfigError, GenerationConfig, RunConfig, to_toml
+from icrl_cli.generation import GenerationBackend
+from icrl_cli.generation.hf import HFBackend
+from icrl_cli.models import ModelLoadError
+from icrl_cli.rollout.critics import (
+    SPEC_FORMS,
+    Critic,
+    CriticSpec,
+    ModelCritic,
+    RuleCritic,
+    connect_http_critic,
+    parse_critic_spec,
+)
+from icrl_cli.rollout.prompts import Prompts
+from icrl_cli.rollout.settings import SessionSettings
+from icrl_cli.trainer import checkpoints, distributed, loop
+from icrl_cli.trainer.step import QuerySampler, Trainee
+
+
+def resolve_model_name(name: str) -> str:
+    """An embedded name ('tiny', 'tiny-household') → its cached directory, built on first use;
+    anything else as ``models.resolve_model_name`` reads it."""
+    if name in tiny.EMBEDDED_NAMES:
+        return str(tiny.tiny_model_dir(name))
+    return models.resolve_model_name(name)
+
+
+def load_model(
+    name: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model on ``device`` in ``dtype`` plus its tokenizer, by any name a user may type."""
+    return models.load_model(resolve_model_name(name), device, dtype, trust_remote_code)
+
+
+def make_environment(name: str, data: str | None, options: dict[str, Any]) -> Environment:
+    """The environment ``name``; ``data`` is passed only when chosen (not every one takes it)."""
+    chosen = {"data": data} if data is not None else {}
+    return environments.make(name, **chosen, **options)
+
+
+def environment(config: RunConfig) -> Environment:
+    return make_environment(config.env.name, config.env.data, config.env.options)
+
+
+def make_backend(
+    generation: GenerationConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> GenerationBackend:
+    """The sampler ``generation.backend`` names, over ``model``'s weights."""
+    if generation.backend == "hf":
+        return HFBackend(model, tokenizer, generation.batch_size)
+    raise ConfigError(f"generation.backend '{generation.backend}' is not built yet")
+
+
+@dataclass
+class Policy:
+    """The model that is trained or measured, with what samples from it and how."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    backend: GenerationBackend
+    prompts: Prompts
+    settings: SessionSettings
+
+
+def load_policy(config: RunConfig, source: str | None = None) -> Policy:
+    """``config.model`` (or the weights in ``source``, a checkpoint of it) ready to sample from,
+    with its prompts and ``config``'s session settings."""
+    spec = config.model
+    model, tokenizer = load_model(
+        source or spec.name, spec.device, spec.dtype, spec.trust_remote_code
+    )
+    return Policy(
+        model,
+        tokenizer,
+        make_backend(config.generation, model, tokenizer),
+        Prompts.resolve(config.prompts.model_dump(), resolve_model_name(spec.name)),
+        SessionSettings.from_config(config, getattr(model.config, "max_position_embeddings", None)),
+    )
+
+
+def build_critic(
+    config: RunConfig,
+    policy: Policy,
+    spec: CriticSpec | None = None,
+    settings: SessionSettings | None = None,
+) -> Critic | None:
+    """None for GRPO; otherwise the critic ``spec`` names (by default ``algo.critic``). `self`
+    critiques with the policy (trained when ``algo.train_critic``); a server critic uses the
+    policy's prompt templates; a frozen model is loaded like the policy, with its own shipped
+    prompts under the run's overrides."""
+    if config.algo.name == "grpo":
+        return None
+    spec = spec or parse_critic_spec(config.algo.critic)
+    settings = settings or policy.settings
+    if spec.kind == "self":
+        trainable = config.algo.train_critic
+        return ModelCritic(policy.backend, policy.tokenizer, policy.prompts, settings, trainable)
+    if spec.kind == "rule":
+        return RuleCritic(policy.prompts)
+    if spec.kind == "http":
+        return connect_http_critic(spec, policy.prompts, settings)
+    assert spec.model is not None
+    try:
+        model, tokenizer = load_model(
+            spec.model, config.model.device, config.model.dtype, config.model.trust_remote_code
+        )
+    except ModelLoadError as err:
+        raise ModelLoadError(f"critic '{spec.text}': {err} (a critic is {SPEC_FORMS})") from None
+    model.eval().requires_grad_(False)
+    prompts = Prompts.resolve(config.prompts.model_dump(), resolve_model_name(spec.model))
+    backend = make_backend(config.generation, model, tokenizer)
+    return ModelCritic(backend, tokenizer, prompts, settings, trainable=False)
+
+
+def trainee(
+    config: RunConfig,
+    env: Environment,
+    policy: Policy,
+    world: distributed.World | None = None,
+    train: bool = True,
+) -> Trainee:
+    """What a step works on: ``policy`` and its critic, and with ``train`` the module the
+    optimizer updates (the policy's model, or under torchrun its FSDP2-sharded copy), the KL
+    term's reference model and the optimizer."""
+    world = world or distributed.World()
+    model, trained, ref_model, optimizer = policy.model, None, None, None
+    if train:
+        # One process trains the model it samples from; several train a sharded copy of it.
+        trained = distributed.shard_for_update(model) if world.size > 1 else model
+        if config.algo.kl_coef > 0:
+            spec = config.model
+            ref_model, _ = load_model(spec.name, spec.device, spec.dtype, spec.trust_remote_code)
+            ref_model.eval().requires_grad_(False)
+        optimizer = torch.optim.AdamW(
+            trained.parameters(),
+            lr=config.train.lr,
+            betas=config.train.betas,
+            weight_decay=config.train.weight_decay,
+        )
+    return Trainee(
+        config,
+        env,
+        model,
+        policy.tokenizer,
+        policy.backend,
+        policy.prompts,
+        policy.settings,
+        critic=build_critic(config, policy),
+        trained=trained,
+        ref_model=ref_model,
+        optimizer=optimizer,
+        world=world,
+    )
+
+
+def train(config: RunConfig, run_dir: Path, resume: bool, console: Console) -> Path:
+    """Run (or continue) training into ``run_dir``; returns the path of ``final/``. Under
+    ``torchrun`` every rank runs this (see ``trainer.distributed``); rank 0 writes."""
+    world = distributed.setup()
+    try:
+        return train_on(world, config, run_dir, resume, console)
+    finally:
+        distributed.teardown(world)
+
+
+def train_on(
+    world: distributed.World, config: RunConfig, run_dir: Path, resume: bool, console: Console
+) -> Path:
+    """``train`` as this rank of ``world``."""
+    if config.train.queries_per_step % world.size:
+        raise ConfigError(
+            f"train.queries_per_step ({config.train.queries_per_step}) must be a multiple "
+            f"of the number of ranks ({world.size}): each rank plays whole queries"
+        )
+    env = environment(config)
+    train_tasks = list(env.tasks(config.env.train_split))
+    run_dir = world.broadcast(run_dir)  # a default name carries rank 0's clock
+    loop.seed_everything(config.train.seed + world.rank)  # ranks sample their own noise
+    if world.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(to_toml(config))
+    # (An embedded model that is not built yet is built by one rank: its cache holds a lock.)
+    checkpoint = checkpoints.latest_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None and world.main:
+        console.print(f"no checkpoint in {run_dir}; starting from step 0")
+    policy = load_policy(config, str(checkpoint) if checkpoint else None)
+    parts = trainee(config, env, policy, world)
+    sampler = QuerySampler(train_tasks, config.train.seed)
+    return loop.fit(parts, sampler, run_dir, checkpoint, console)

@@ -1,0 +1,1 @@
+"""`icrl serve`: an OpenAI-compatible HTTP server for one model."""

@@ -1,0 +1,63 @@
+"""The embedded models' cache: each is built once, under a lock, into ``$ICRL_CACHE``."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+from rich.console import Console
+
+from icrl_cli.tiny import household_build, math_build
+
+_console = Console(stderr=True)
+
+
+class Embedded(NamedTuple):
+    """How an embedded model is built: its cache directory's name (versioned, so a changed
+    build is not served from a stale cache), its builder, and how long a build takes on two
+    idle cores."""
+
+    dirname: str
+    build: Callable[[Path], None]
+    duration: str
+
+
+EMBEDDED = {
+    "tiny": Embedded(f"tiny-v{math_build.TINY_VERSION}", math_build.build, math_build.BUILD_TIME),
+    "tiny-household": Embedded(
+        f"tiny-household-v{household_build.VERSION}",
+        household_build.build,
+        household_build.BUILD_TIME,
+    ),
+}
+EMBEDDED_NAMES = tuple(EMBEDDED)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ICRL_CACHE", "~/.cache/icrl")).expanduser()
+
+
+def tiny_model_dir(name: str = "tiny") -> Path:
+    """The cached directory of the embedded model ``name``, built on first use (a lock keeps
+    concurrent builds apart)."""
+    dirname, build, duration = EMBEDDED[name]
+    root = cache_root()
+    target = root / dirname
+    if (target / "config.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{dirname}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "config.json").is_file():
+            return target
+        _console.print(f"[bold]building the {name} model (once; {duration} on 2 cores)…[/bold]")
+        partial = root / f".{dirname}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        build(partial)
+        os.replace(partial, target)
+    return target

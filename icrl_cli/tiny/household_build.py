@@ -1,0 +1,204 @@
+"""The ``tiny-household`` build: a household BPE tokenizer, warm-started on expert episodes."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+import environments
+from environments import Task
+from environments.household import HouseholdEnvironment
+from environments.household.catalog import CAN_CONTAIN, LAMPS, PICKUPABLE
+from environments.household.demonstrations import (
+    Demonstration,
+    Turn,
+    corpus,
+    demonstrate,
+    turn_weights,
+)
+from icrl_cli.config import resolve
+from icrl_cli.rollout.episodes import observation_ids, trajectory_summary
+from icrl_cli.rollout.prompts import Prompts, critic_messages, encode_prompt, solver_messages
+from icrl_cli.rollout.settings import SessionSettings
+from icrl_cli.tiny.network import SPECIAL_TOKENS, build_model, save, wrap_tokenizer
+from icrl_cli.tiny.supervision import Metrics, Pair, measure_sessions, supervise
+
+# Bump when anything the build depends on changes what it builds, so stale caches are not reused.
+VERSION = "5"
+BUILD_TIME = "about 90 minutes"
+# The household options it is warm-started on: the simplest task type (a 3 to 5 step episode),
+# so that a build on two cores leaves a model that acts at all.
+OPTIONS: dict[str, object] = {"task_types": ["pick_and_place_simple"]}
+PROMPTS = {
+    "solver_user": "{task}",
+    "revision_user": "{task}\nTip: {critique}",
+    "critic_user": "{task}\n{summary}",
+    "summary": "{attempt}\nreward {reward}",
+    "critique_tag": "c",
+    "rule_correct": "Done.",
+    "rule_failed": "That failed.",
+}
+# A character tokenizer would make an episode thousands of tokens long; this BPE makes it a
+# couple of hundred.
+VOCAB_SIZE = 2048
+MAX_POSITIONS = 2048
+CORPUS_TASKS = 1500
+# The train split holds under a thousand tasks of this type: too few to learn to read an
+# observation rather than recall an episode, so the demonstrations add as many more worlds
+# drawn the same way (``HouseholdEnvironment.training_like``; never an evaluation task).
+EXTRA_TASKS = 8000
+VALIDATION_SIZE = 32
+# The warm-start is measured as the tiny-household preset samples, one session per task.
+SETTINGS = replace(
+    SessionSettings.from_config(resolve("tiny-household", []), MAX_POSITIONS),
+    sessions_per_query=1,
+)
+# Measured every CHECK_EVERY steps (a measurement plays the 32 held-out tasks: seconds); the
+# warm-start stops once both targets hold or after MAX_STEPS, keeping what it has
+# (warm_start.json records the numbers either way).
+TARGET_SUCCESS = 0.05
+TARGET_GAP = 0.15
+CHECK_EVERY = 250
+MAX_STEPS = 2000
+# Rows a supervised step, a third for each role (docs/tiny_models.md: fewer learn far slower).
+BATCH_SIZE = 48
+
+
+def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    """Byte-level BPE whose merges may span spaces (household text is formulaic, so whole
+    phrases become single tokens) but never a digit, a newline or the name of an object or
+    receptacle kind: names stay tokens of their own, so the model copies them from the task
+    and the observations instead of learning a phrase token for every name in every phrase."""
+    names = sorted(set(PICKUPABLE) | set(CAN_CONTAIN) | set(LAMPS), key=len, reverse=True)
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(
+                Regex(r" ?[0-9]|\n| ?\b(?:" + "|".join(names) + r")\b"), behavior="isolated"
+            ),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    return wrap_tokenizer(backend)
+
+
+def episode_target(
+    tokenizer: PreTrainedTokenizerFast,
+    turns: list[Turn],
+    done: bool,
+    skip: int | None = None,
+) -> tuple[list[int], list[float]]:
+    """A played episode as a multi-turn response: each turn and its EOS (mask: the turn's
+    weight, 0 for the turn at index ``skip``), then the observation's user turn (mask 0),
+    exactly as a rollout lays it out."""
+    ids: list[int] = []
+    mask: list[float] = []
+    weights = turn_weights(turns, skip)
+    for index, ((turn, observation), weight) in enumerate(zip(turns, weights, strict=True)):
+        turn_ids = tokenizer.encode(turn, add_special_tokens=False) + [tokenizer.eos_token_id]
+        ids += turn_ids
+        mask += [weight] * len(turn_ids)
+        if index < len(turns) - 1 or not done:
+            continuation = observation_ids(tokenizer, observation)
+            ids += continuation
+            mask += [0] * len(continuation)
+    return ids, mask
+
+
+def demonstrations(
+    env: HouseholdEnvironment,
+    tasks: list[Task],
+    tokenizer: PreTrainedTokenizerFast,
+    prompts: Prompts,
+) -> tuple[dict[str, list[Pair]], dict[str, list[list[float]]]]:
+    """(prompt, target) pairs and target loss masks for the solver, the critic and the
+    revision."""
+    pairs: dict[str, list[Pair]] = {"solver": [], "critic": [], "revision": []}
+    masks: dict[str, list[list[float]]] = {"solver": [], "critic": [], "revision": []}
+    for demo in demonstrate(env, tasks):
+        for role, pair, mask in _encoded(env, demo, tokenizer, prompts):
+            pairs[role].append(pair)
+            masks[role].append(mask)
+    return pairs, masks
+
+
+def _encoded(
+    env: HouseholdEnvironment,
+    demo: Demonstration,
+    tokenizer: PreTrainedTokenizerFast,
+    prompts: Prompts,
+) -> list[tuple[str, Pair, list[float]]]:
+    """(role, (prompt, target), target mask) for each role ``demo`` demonstrates."""
+    task, tag = demo.task, prompts.critique_tag
+    # An episode cut at the turn budget ends as a rollout does there: no observation after.
+    target, mask = episode_target(tokenizer, demo.solver.turns, done=True, skip=demo.solver.slip)
+    free = encode_prompt(tokenizer, solver_messages(env, task, prompts))
+    encoded = [("solver", (free, target), mask)]
+    if demo.revision is None:
+        return encoded
+    summary = trajectory_summary(demo.failed, SETTINGS.summary_observation_chars)
+    critic_prompt = encode_prompt(tokenizer, critic_messages(task, summary, 0.0, prompts))
+    critic_target = tokenizer.encode(f"<{tag}>{demo.tip}</{tag}>", add_special_tokens=False)
+    critic_target += [tokenizer.eos_token_id]
+    encoded.append(("critic", (critic_prompt, critic_target), [1] * len(critic_target)))
+    critique = prompts.rule_failed if demo.ruled else demo.tip
+    target, mask = episode_target(
+        tokenizer, demo.revision.turns, done=True, skip=demo.revision.slip
+    )
+    revision = encode_prompt(tokenizer, solver_messages(env, task, prompts, critique=critique))
+    encoded.append(("revision", (revision, target), mask))
+    return encoded
+
+
+def build(target: Path, seed: int = 0) -> None:
+    """Build ``tiny-household`` into the directory ``target``."""
+    env = environments.make("household", **OPTIONS)
+    assert isinstance(env, HouseholdEnvironment)
+    tasks = list(env.tasks("train"))
+    rng = random.Random(seed)
+    rng.shuffle(tasks)
+    validation, train = tasks[:VALIDATION_SIZE], tasks[VALIDATION_SIZE:]
+    tokenizer = build_tokenizer(corpus(env, train[:CORPUS_TASKS]))
+    model = build_model(tokenizer, seed, max_positions=MAX_POSITIONS)
+    if torch.cuda.is_available():  # the same steps on a GPU where there is one
+        model.to("cuda")
+    prompts = Prompts(**PROMPTS)
+    pairs, masks = demonstrations(env, train + env.training_like(EXTRA_TASKS), tokenizer, prompts)
+
+    def measure() -> Metrics:
+        return measure_sessions(model, tokenizer, env, validation, prompts, settings=SETTINGS)
+
+    def accept(measured: Metrics) -> bool:
+        success, after = measured["solver/success_round1"], measured["solver/success_final"]
+        return success >= TARGET_SUCCESS and after - success >= TARGET_GAP
+
+    steps, measured = supervise(
+        model,
+        tokenizer,
+        pairs,
+        measure,
+        accept,
+        rng,
+        seed,
+        masks=masks,
+        batch_size=BATCH_SIZE,
+        chunks=3,
+        check_every=CHECK_EVERY,
+        max_steps=MAX_STEPS,
+        keep_last=True,
+    )
+    report = {"supervised_steps": steps, "options": OPTIONS, "held_out": measured}
+    save(target, model, tokenizer, PROMPTS, report)

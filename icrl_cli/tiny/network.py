@@ -1,0 +1,85 @@
+"""The embedded models' network: a small Qwen3, its chat template and a character tokenizer."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+from icrl_cli.rollout.prompts import PROMPTS_FILE
+
+SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+# Each message is its role marker, its text, then <|end|> (the EOS). System messages are left
+# out: every token costs compute on a CPU, and the tiny models learn each role's format from
+# their warm-start demonstrations instead of from instructions.
+CHAT_TEMPLATE = (
+    "{%- for m in messages if m['role'] != 'system' -%}"
+    "<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+)
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Printable ASCII, one token per character, plus the chat and control tokens."""
+    alphabet = [c for c in string.printable if c not in "\x0b\x0c\r"]
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + alphabet)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return wrap_tokenizer(backend)
+
+
+def wrap_tokenizer(backend: Tokenizer) -> PreTrainedTokenizerFast:
+    """A transformers tokenizer around ``backend``, with the chat tokens and template."""
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<|pad|>",
+        unk_token="<|unk|>",
+        eos_token="<|end|>",
+        additional_special_tokens=SPECIAL_TOKENS[3:],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_model(
+    tokenizer: PreTrainedTokenizerFast, seed: int = 0, max_positions: int = 1024
+) -> Qwen3ForCausalLM:
+    """4 layers, 256 wide, grouped-query attention: about 3 million parameters."""
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return Qwen3ForCausalLM(config)
+
+
+def save(
+    target: Path,
+    model: Qwen3ForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    prompts: dict[str, str],
+    report: dict[str, object],
+) -> None:
+    """A built model's directory: the weights, the tokenizer, the prompts it ships and its
+    warm-start report (``warm_start.json``)."""
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    (target / PROMPTS_FILE).write_text(json.dumps(prompts, indent=2) + "\n")
+    (target / "warm_start.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,132 @@
+"""Checkpoints and resume: model directories written atomically, the optimizer and every
+rank's random state, and the trainer's own state (step, counters, the query sampler's place).
+
+A checkpoint is ``checkpoints/step-N/``: a Hugging Face model directory plus ``optimizer.pt``,
+``rng.pt`` and ``trainer_state.json``. It is filled under a hidden partial name and renamed,
+so a kill never leaves a half-written checkpoint under its final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from icrl_cli.rollout.prompts import PROMPTS_FILE, Prompts
+
+CHECKPOINT_PREFIX = "step-"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2))
+
+
+def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """Fill a hidden partial directory, then rename it: a crash never leaves a half-written
+    directory under the final name (readers ignore names that start with a dot)."""
+    partial = target.parent / f".{target.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    write(partial)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(partial, target)
+    return target
+
+
+def write_model(
+    path: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Prompts
+) -> None:
+    """A Hugging Face model directory, plus the prompt templates it was trained with, so that
+    `icrl eval` on it prompts the model the way training did."""
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    _write_json(path / PROMPTS_FILE, prompts.to_json())
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    random.setstate(rng["python"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"]:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Prompts,
+    optimizer_state: dict[str, Any],
+    rngs: list[dict[str, Any]],
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
+    """``checkpoints/step-N``: the model, the optimizer state, each rank's random state
+    (``rng.pt``: a list, rank by rank) and the trainer's, written atomically; the oldest beyond
+    ``keep`` are removed."""
+
+    def write(path: Path) -> None:
+        write_model(path, model, tokenizer, prompts)
+        torch.save(optimizer_state, path / "optimizer.pt")
+        torch.save(rngs, path / "rng.pt")
+        _write_json(path / "trainer_state.json", {"step": step, **state})
+
+    target = write_atomically(run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step}", write)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old)
+    return target
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (partial ones start with a dot and are ignored)."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metric lines written after the checkpoint we resume from (a killed run's tail)."""
+    if not path.exists():
+        return
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line and json.loads(line)["step"] <= last_step
+    ]
+    partial = path.with_suffix(".partial")
+    partial.write_text("".join(line + "\n" for line in kept))
+    os.replace(partial, path)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def read_rng_states(checkpoint: Path) -> list[dict[str, Any]]:
+    """Each rank's random state, rank by rank (a checkpoint from before ``rng.pt`` held one
+    state per rank holds one)."""
+    rngs = torch.load(checkpoint / "rng.pt", weights_only=True)  # tensors and tuples only
+    return [rngs] if isinstance(rngs, dict) else rngs
+
+
+def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / "trainer_state.json").read_text())

@@ -1,0 +1,92 @@
+"""Log-probs of sampled responses under a context: the forward passes the update and the
+calibration read."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import replace
+
+import torch
+from transformers import PreTrainedModel
+
+from icrl_cli.rollout.samples import Sample
+from icrl_cli.trainer.batch import ResponseBatch, collate
+
+
+def response_logits(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """``[n, T, vocab]`` float logits at the ``positions`` that predict response tokens: the
+    output head runs on those positions only, so memory is n × T × vocab, not
+    n × (prompt + T) × vocab."""
+    hidden = model.get_decoder()(
+        input_ids=input_ids, attention_mask=attention_mask
+    ).last_hidden_state
+    index = positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))
+    return model.get_output_embeddings()(hidden.gather(1, index)).float()
+
+
+class ResponseScorer(torch.nn.Module):
+    """``response_logits`` as one module's forward: what the update trains under FSDP2
+    (``trainer.distributed``), whose root unit (embeddings, tied head, final norm) is gathered
+    around a module's forward and has its gradients reduced after it."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        return response_logits(self.model, input_ids, attention_mask, positions)
+
+
+def response_logprobs(
+    model: PreTrainedModel | ResponseScorer, batch: ResponseBatch, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``[n, T]`` log π(y_t | context, y_<t) of each response token, and optionally the
+    entropy (see ``response_logits``)."""
+    score = (
+        model if isinstance(model, ResponseScorer) else functools.partial(response_logits, model)
+    )
+    logits = score(batch.input_ids, batch.attention_mask, batch.positions)
+    logprobs_all = torch.log_softmax(logits, dim=-1)
+    logprobs = logprobs_all.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = -(logprobs_all.exp() * logprobs_all).sum(-1)
+    return logprobs, entropy
+
+
+@torch.no_grad()
+def context_logprobs(
+    model: PreTrainedModel, samples: list[Sample], pad_id: int, micro_batch_size: int
+) -> list[list[float]]:
+    """log π(y_t | prompt_ids, y_<t) of every response token of each sample, in micro-batches
+    and without gradients."""
+    result: list[list[float]] = []
+    for start in range(0, len(samples), micro_batch_size):
+        chunk = samples[start : start + micro_batch_size]
+        logprobs, _ = response_logprobs(model, collate(chunk, pad_id, model.device))
+        result += [logprobs[row, : len(s.response_ids)].tolist() for row, s in enumerate(chunk)]
+    return result
+
+
+def recompute_behavior_logprobs(
+    model: PreTrainedModel, samples: list[Sample], pad_id: int, micro_batch_size: int
+) -> None:
+    """Replace each revision's engine log-probs with a trainer forward under its behavior
+    (critique-conditioned) prompt, at the same weights (``algo.behavior_logprobs=recompute``)."""
+    revisions = [s for s in samples if s.behavior_prompt_ids != s.prompt_ids]
+    as_sampled = [replace(s, prompt_ids=s.behavior_prompt_ids) for s in revisions]
+    recomputed = context_logprobs(model, as_sampled, pad_id, micro_batch_size)
+    for s, logprobs in zip(revisions, recomputed, strict=True):
+        s.behavior_logprobs = logprobs
