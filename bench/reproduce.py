@@ -37,11 +37,11 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from reproduce_report import markdown, plot, summarise
+from reproduce_report import Plan, markdown, plot, summarise
 
 # ``--set`` overrides of ``icrl train`` per configuration (values are TOML).
 CONFIGS: dict[str, list[str]] = {
@@ -51,16 +51,6 @@ CONFIGS: dict[str, list[str]] = {
     "icrl calibration=none": ["algo.name='icrl'", "algo.calibration='none'"],
     "icrl advantage_grouping=query": ["algo.name='icrl'", "algo.advantage_grouping='query'"],
 }
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How long each run of a preset trains and how it is evaluated."""
-
-    steps: int
-    eval_every: int
-    eval_limit: int
-    seeds: tuple[int, ...]
 
 
 # The full plans: tiny-math at its preset's length with three seeds. The tiny-household model

@@ -1,16 +1,25 @@
-"""The summaries of ``bench/reproduce.py``: per-configuration numbers over seeds, the markdown
-table of ``results.md`` and each preset's ``PRESET-success.png`` and ``PRESET-w_revision.png``.
+"""The plans and summaries of ``bench/reproduce.py``: how long each preset trains and how it is
+evaluated; per-configuration numbers over seeds, the markdown table of ``results.md`` and each
+preset's ``PRESET-success.png`` and ``PRESET-w_revision.png``.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from reproduce import Plan
+
+@dataclass(frozen=True)
+class Plan:
+    """How long each run of a preset trains and how it is evaluated."""
+
+    steps: int
+    eval_every: int
+    eval_limit: int
+    seeds: tuple[int, ...]
 
 
 def spread(values: list[float]) -> tuple[float, float, float, float]:

@@ -108,6 +108,11 @@ class EnvConfig(Section):
         "summary is cut to this many characters.",
     )
 
+    def turn_limits(self) -> dict[str, int]:
+        """The multi-turn limits, as ``env`` keys: what a measurement takes from a preset even
+        when it measures another environment."""
+        return self.model_dump(include={"max_turns", "repeat_limit", "summary_observation_chars"})
+
 
 class AlgoConfig(Section):
     # Accepted on input, expanded before validation (``calibration_settings``).

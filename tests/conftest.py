@@ -5,7 +5,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -75,3 +75,30 @@ def serve_app() -> Iterator[Callable[[Any], LiveServer]]:
 def dead_url() -> str:
     """A loopback URL where nothing listens (a port bound, then released)."""
     return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(autouse=True)
+def no_load_bars():
+    """`icrl` (main) turns transformers' progress bars off; CliRunner calls the app directly."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    yield
+    hf_logging.enable_progress_bar()
+
+
+# Each test file that uses these defines its own ``env``; they build on it.
+@pytest.fixture()
+def task(env):
+    """The first training task of the file's environment."""
+    return env.tasks("train")[0]
+
+
+@pytest.fixture()
+def typed_tasks(env):
+    """The first two test tasks, of two made-up types."""
+    first, second = env.tasks("test")[:2]
+    return [
+        replace(first, metadata={"task_type": "alpha"}),
+        replace(second, metadata={"task_type": "beta"}),
+    ]

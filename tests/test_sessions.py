@@ -2,13 +2,10 @@
 
 import pytest
 import torch
+from scripted import PROMPTS, ScriptedBackend
 from session_settings import session_settings
 
 import environments
-from icrl_cli.components import Policy, build_critic
-from icrl_cli.config import resolve
-from icrl_cli.generation import Generation
-from icrl_cli.generation.hf import HFBackend
 from icrl_cli.rollout.critics import ModelCritic, RuleCritic
 from icrl_cli.rollout.metrics import session_metrics
 from icrl_cli.rollout.prompts import (
@@ -19,44 +16,14 @@ from icrl_cli.rollout.prompts import (
     solver_messages,
 )
 from icrl_cli.rollout.sessions import run_sessions
-from icrl_cli.tiny import TINY_PROMPTS, build_tokenizer
+from icrl_cli.tiny import build_tokenizer
 from icrl_cli.trainer.policy import collate
-from icrl_cli.trainer.step import score_critiques, swap_in_best_refinements, training_batch
-
-PROMPTS = Prompts(**TINY_PROMPTS)
-
-
-class ScriptedBackend:
-    """Answers each prompt with ``script(user_message)`` (log-prob −1 a token). With the tiny
-    prompts a critic's message holds '?', a revision's '|', a first attempt's neither."""
-
-    def __init__(self, tokenizer, script):
-        self.tokenizer, self.script, self.calls = tokenizer, script, []
-
-    def generate(self, prompts, max_new_tokens, temperature=1.0, top_p=1.0):
-        self.calls.append([self.tokenizer.decode(p) for p in prompts])
-        outputs = []
-        for p in prompts:
-            user = self.tokenizer.decode(p).split("<|user|>")[1].split("<|end|>")[0]
-            text = self.script(user)
-            ids = self.tokenizer.encode(text, add_special_tokens=False) + [
-                self.tokenizer.eos_token_id
-            ]
-            outputs.append(Generation(ids, [-1.0] * len(ids), "stop"))
-        return outputs
-
-    def sync_weights(self):
-        return None
+from icrl_cli.trainer.step import score_critiques
 
 
 @pytest.fixture()
 def env():
     return environments.make("math", data="synthetic", terms=3)
-
-
-@pytest.fixture()
-def task(env):
-    return env.tasks("train")[0]
 
 
 def solve(task):
@@ -184,107 +151,3 @@ def test_three_rounds_when_k_is_three(env, task):
     samples = run_sessions(backend, tokenizer, env, [task], settings, PROMPTS, critic)
     assert sorted(s.round for s in samples if s.role == "solver") == [1, 1, 2, 2, 3, 3]
     assert len([s for s in samples if s.role == "critic"]) == 4
-
-
-def _icrl_samples(env, task, train_critic=True):
-    tokenizer = build_tokenizer()
-    backend = ScriptedBackend(
-        tokenizer,
-        lambda t: (
-            "<c>x</c>" if "?" in t else (f"\\boxed{{{task.answer}}}" if "|" in t else "\\boxed{0}")
-        ),
-    )
-    settings = session_settings(sessions_per_query=2, max_rounds=2)
-    critic = ModelCritic(backend, tokenizer, PROMPTS, settings, trainable=train_critic)
-    return run_sessions(backend, tokenizer, env, [task], settings, PROMPTS, critic)
-
-
-def _batch(samples, config):
-    """The training batch as a step makes it: critic rewards first (Eq. 3), then the batch."""
-    score_critiques(samples, config.algo.critic_reward)
-    return training_batch(samples, config.algo)
-
-
-def test_train_critic_false_leaves_no_critic_token_in_the_loss(env, task):
-    config = resolve("tiny-math", ["algo.train_critic=false"])
-    samples = _icrl_samples(env, task, train_critic=config.algo.train_critic)
-    assert any(s.role == "critic" for s in samples)
-    assert all(s.role == "solver" for s in _batch(samples, config))
-    trained = _batch(_icrl_samples(env, task), resolve("tiny-math", []))
-    assert sum(s.role == "critic" for s in trained) == 2
-
-
-def test_advantage_grouping_switch(env, task):
-    # Solver rewards [0, 0, 1, 1] (two failed attempts, two fixed revisions); critics [1, 1].
-    by_role = _batch(_icrl_samples(env, task), resolve("tiny-math", []))
-    solver = [s.advantage for s in by_role if s.role == "solver"]
-    assert solver == pytest.approx([-0.866025, -0.866025, 0.866025, 0.866025], abs=1e-5)
-    assert [s.advantage for s in by_role if s.role == "critic"] == [0.0, 0.0]  # tied bucket
-    pooled = _batch(
-        _icrl_samples(env, task), resolve("tiny-math", ['algo.advantage_grouping="query"'])
-    )
-    # One bucket of six rewards [0, 0, 1, 1, 1, 1]: mean 2/3, std 0.516398
-    critic = [s.advantage for s in pooled if s.role == "critic"]
-    assert critic == pytest.approx([0.645497, 0.645497], abs=1e-5)
-    by_round = _batch(
-        _icrl_samples(env, task),
-        resolve("tiny-math", ['algo.advantage_grouping="query_round_role"']),
-    )
-    assert [s.advantage for s in by_round] == [0.0] * 6  # every (round, role) bucket is tied
-
-
-def test_keep_critique_trains_revisions_in_their_sampling_context(env, task):
-    batch = _batch(
-        _icrl_samples(env, task), resolve("tiny-math", ['algo.calibration="keep_critique"'])
-    )
-    revisions = [s for s in batch if s.is_revision]
-    assert revisions and all(s.prompt_ids == s.behavior_prompt_ids for s in revisions)
-    swapped = _batch(_icrl_samples(env, task), resolve("tiny-math", []))
-    assert all(s.prompt_ids != s.behavior_prompt_ids for s in swapped if s.is_revision)
-
-
-def test_critique_grpo_swaps_the_best_refinement_into_the_group(env, task):
-    tokenizer = build_tokenizer()
-    backend = ScriptedBackend(
-        tokenizer, lambda t: f"\\boxed{{{task.answer}}}" if "|" in t else "\\boxed{0}"
-    )
-    settings = session_settings(sessions_per_query=4, max_rounds=2, gate="ungated")
-    samples = run_sessions(backend, tokenizer, env, [task], settings, PROMPTS, RuleCritic(PROMPTS))
-    kept = swap_in_best_refinements(samples)
-    assert len(kept) == 4
-    assert [(s.session, s.round, s.reward) for s in kept] == [
-        (0, 2, 1.0),
-        (1, 1, 0.0),
-        (2, 1, 0.0),
-        (3, 1, 0.0),
-    ]
-    config = resolve("tiny-math", ['algo.name="critique-grpo"'])
-    algo = config.algo
-    assert (algo.critic, algo.critic_gate, algo.token_weight, algo.revision_loss) == (
-        "rule",
-        "ungated",
-        "none",
-        "shaped",
-    )
-    assert not config.algo.normalize_std and not config.algo.train_critic
-    batch = _batch(samples, config)
-    # No std normalisation: rewards [1, 0, 0, 0] − 0.25
-    assert [s.advantage for s in batch] == pytest.approx([0.75, -0.25, -0.25, -0.25])
-
-
-def test_critic_switch_builds_the_right_critic(tiny_dir, random_tiny):
-    model, tokenizer = random_tiny
-    backend = HFBackend(model, tokenizer)
-    settings = session_settings(sessions_per_query=2, max_rounds=2)
-    built = {}
-    for spec in ("self", "rule", str(tiny_dir)):
-        config = resolve("tiny-math", [f'algo.critic="{spec}"'])
-        built[spec] = build_critic(config, Policy(model, tokenizer, backend, PROMPTS, settings))
-    assert isinstance(built["self"], ModelCritic) and built["self"].backend is backend
-    assert built["self"].trainable
-    assert isinstance(built["rule"], RuleCritic)
-    frozen = built[str(tiny_dir)]
-    assert isinstance(frozen, ModelCritic) and not frozen.trainable
-    assert frozen.backend.model is not model
-    grpo = resolve("tiny-math", ['algo.name="grpo"'])
-    assert build_critic(grpo, Policy(model, tokenizer, backend, PROMPTS, settings)) is None

@@ -23,102 +23,128 @@ def plan(world: World, goal: Goal, search_from: str | None = None) -> list[Step]
     in the receptacles in the order the room lists them, from that one on. Not knowing where
     receptacles stand, it walks to each; when "go to" does nothing, the receptacle stands at its
     place (ALFWorld: going to where you are is not admissible), and it examines it instead."""
-    steps: list[Step] = []
+    return _Planner(world, goal, search_from).run()
 
-    def do(thought: str, action: str) -> None:
-        if action not in world.commands():  # a planner bug, not a user error
+
+class _Planner:
+    """One run of ``plan``: the world it acts in, and the steps taken so far."""
+
+    def __init__(self, world: World, goal: Goal, search_from: str | None) -> None:
+        self.world, self.goal, self.search_from = world, goal, search_from
+        self.steps: list[Step] = []
+        self.found_at: list[str] = []
+
+    def do(self, thought: str, action: str) -> None:
+        if action not in self.world.commands():  # a planner bug, not a user error
             raise AssertionError(f"expert action '{action}' is not admissible")
-        world.act(action)
-        steps.append((thought, action))
+        self.world.act(action)
+        self.steps.append((thought, action))
 
-    def walk_nowhere(thought: str, rec_name: str) -> None:
+    def walk_nowhere(self, thought: str, rec_name: str) -> None:
         """A "go to" the searcher cannot know is pointless: the feedback tells it so."""
-        if world.act(f"go to {rec_name}") != NOTHING_HAPPENS:  # a planner bug
+        if self.world.act(f"go to {rec_name}") != NOTHING_HAPPENS:  # a planner bug
             raise AssertionError(f"expert expected 'go to {rec_name}' to do nothing")
-        steps.append((thought, f"go to {rec_name}"))
+        self.steps.append((thought, f"go to {rec_name}"))
 
-    def reach(rec_name: str, thought: str) -> None:
-        rec = world.receptacles[rec_name]
-        if world.loc != rec.loc:
-            do(thought, f"go to {rec_name}")
+    def reach(self, rec_name: str, thought: str) -> None:
+        rec = self.world.receptacles[rec_name]
+        if self.world.loc != rec.loc:
+            self.do(thought, f"go to {rec_name}")
         if rec.openable and not rec.opened:
-            do(f"The {rec_name} is closed, so I open it.", f"open {rec_name}")
+            self.do(f"The {rec_name} is closed, so I open it.", f"open {rec_name}")
 
-    def fetch(thing: Thing, first: bool) -> Thing:
+    def fetch(self, thing: Thing, first: bool) -> Thing:
         """Take ``thing``, or, searching, the first object of its kind the search finds."""
         host = thing.where or ""
-        need = f"I need a {goal.obj}" if first else f"Now I need a second {goal.obj}"
-        if search_from is not None:
+        obj = self.goal.obj
+        need = f"I need a {obj}" if first else f"Now I need a second {obj}"
+        if self.search_from is not None:
             # A second object may sit where the first one was found.
-            thing = search(need, search_from if first else found_at[-1])
+            thing = self.search(need, self.search_from if first else self.found_at[-1])
             host = thing.where or ""
-            found_at.append(host)
+            self.found_at.append(host)
             # The thought says what the last look showed before it acts on it (so does each
             # "I look in" after the first): what to do next is read off the observation.
             thought = f"{need}; the {thing.name} is here. I take it."
         else:
-            reach(host, f"{need}. There is one at the {host}, so I go there.")
+            self.reach(host, f"{need}. There is one at the {host}, so I go there.")
             thought = f"I take the {thing.name}."
-        do(thought, f"take {thing.name} from {host}")
+        self.do(thought, f"take {thing.name} from {host}")
         return thing
 
-    found_at: list[str] = []
-
-    def search(need: str, start: str) -> Thing:
+    def search(self, need: str, start: str) -> Thing:
+        world, goal = self.world, self.goal
         names = world.listing()
         at = names.index(start)
         for index, name in enumerate(names[at:] + names[:at]):
             rec = world.receptacles[name]
             look = f"{need}{'; none here' if index else ''}. I look in the {name}."
             if world.loc != rec.loc:
-                do(look, f"go to {name}")
+                self.do(look, f"go to {name}")
             else:  # a receptacle beside the last one
-                walk_nowhere(look, name)
-                do(f"Nothing happens: the {name} is here, so I examine it.", f"examine {name}")
+                self.walk_nowhere(look, name)
+                self.do(f"Nothing happens: the {name} is here, so I examine it.", f"examine {name}")
             if rec.openable and not rec.opened:
-                do(f"The {name} is closed, so I open it.", f"open {name}")
+                self.do(f"The {name} is closed, so I open it.", f"open {name}")
             found = [t for t in world.contents(rec) if t.kind == goal.obj]
             if found and rec.kind != goal.recep:
                 return min(found, key=_key)
         raise LookupError(f"no {goal.obj} to find outside a {goal.recep}")
 
-    targets = sorted(
-        (
-            t
-            for t in world.things.values()
-            if t.kind == goal.obj
-            and t.where is not None
-            and world.receptacles[t.where].kind != goal.recep
-        ),
-        key=lambda t: (world.receptacles[t.where or ""].kind, t.where, t.number),
-    )
-    if goal.task_type == "look_at_obj_in_light":
-        fetch(targets[0], first=True)
+    def targets(self) -> list[Thing]:
+        """The objects of the goal's kind outside a receptacle of the goal's kind."""
+        world, goal = self.world, self.goal
+        return sorted(
+            (
+                t
+                for t in world.things.values()
+                if t.kind == goal.obj
+                and t.where is not None
+                and world.receptacles[t.where].kind != goal.recep
+            ),
+            key=lambda t: (world.receptacles[t.where or ""].kind, t.where, t.number),
+        )
+
+    def look_in_light(self, target: Thing) -> None:
+        world, goal = self.world, self.goal
+        self.fetch(target, first=True)
         lamp = min((t for t in world.things.values() if t.kind == goal.recep), key=_key)
         host = lamp.where or ""
         if world.loc != world.receptacles[host].loc:
-            do(f"Now I need the {goal.recep}. It is on the {host}.", f"go to {host}")
-        do(f"I turn on the {lamp.name} to look at the {goal.obj}.", f"use {lamp.name}")
-        return steps
-    dest = min((r for r in world.receptacles.values() if r.kind == goal.recep), key=_key)
-    count = 2 if goal.task_type == "pick_two_obj_and_place" else 1
-    for index, thing in enumerate(targets[:count]):
-        thing = fetch(thing, first=index == 0)
-        if goal.task_type in TRANSFORMS:
-            verb, kind = TRANSFORMS[goal.task_type]
-            appliance = min((r for r in world.receptacles.values() if r.kind == kind), key=_key)
-            if world.loc != appliance.loc:
-                do(
-                    f"Next I {verb} the {thing.name} with the {appliance.name}.",
-                    f"go to {appliance.name}",
-                )
-            do(
-                f"I {verb} the {thing.name} with the {appliance.name}.",
-                f"{verb} {thing.name} with {appliance.name}",
+            self.do(f"Now I need the {goal.recep}. It is on the {host}.", f"go to {host}")
+        self.do(f"I turn on the {lamp.name} to look at the {goal.obj}.", f"use {lamp.name}")
+
+    def transform(self, thing: Thing) -> None:
+        """Clean, heat or cool ``thing`` with the appliance the task type names."""
+        verb, kind = TRANSFORMS[self.goal.task_type]
+        receptacles = self.world.receptacles.values()
+        appliance = min((r for r in receptacles if r.kind == kind), key=_key)
+        if self.world.loc != appliance.loc:
+            self.do(
+                f"Next I {verb} the {thing.name} with the {appliance.name}.",
+                f"go to {appliance.name}",
             )
-        reach(dest.name, f"Now I put the {thing.name} in the {dest.name}.")
-        do(f"I put the {thing.name} in the {dest.name}.", put_command(world, thing, dest.name))
-    return steps
+        self.do(
+            f"I {verb} the {thing.name} with the {appliance.name}.",
+            f"{verb} {thing.name} with {appliance.name}",
+        )
+
+    def run(self) -> list[Step]:
+        world, goal = self.world, self.goal
+        targets = self.targets()
+        if goal.task_type == "look_at_obj_in_light":
+            self.look_in_light(targets[0])
+            return self.steps
+        dest = min((r for r in world.receptacles.values() if r.kind == goal.recep), key=_key)
+        count = 2 if goal.task_type == "pick_two_obj_and_place" else 1
+        for index, thing in enumerate(targets[:count]):
+            thing = self.fetch(thing, first=index == 0)
+            if goal.task_type in TRANSFORMS:
+                self.transform(thing)
+            self.reach(dest.name, f"Now I put the {thing.name} in the {dest.name}.")
+            put = put_command(world, thing, dest.name)
+            self.do(f"I put the {thing.name} in the {dest.name}.", put)
+        return self.steps
 
 
 def _key(item) -> tuple[str, int]:

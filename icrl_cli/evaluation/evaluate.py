@@ -77,11 +77,7 @@ def preset_measurement(
         max_new_tokens=config.generation.max_new_tokens,
         temperature=config.generation.temperature,
         critic_max_new_tokens=config.algo.critic_max_new_tokens,
-        turns={
-            "max_turns": config.env.max_turns,
-            "repeat_limit": config.env.repeat_limit,
-            "summary_observation_chars": config.env.summary_observation_chars,
-        },
+        turns=config.env.turn_limits(),
     )
 
 
