@@ -19,6 +19,7 @@ from environments import EnvError
 from icrl_cli.config import ConfigError, RunConfig, list_presets, load_run_config, resolve, to_toml
 from icrl_cli.models import ModelLoadError
 from icrl_cli.report import ReportError
+from icrl_cli.trainer.checkpoints import CheckpointError
 
 app = typer.Typer(
     name="icrl",
@@ -53,7 +54,7 @@ def user_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, EnvError, ModelLoadError, ReportError) as err:
+        except (ConfigError, EnvError, ModelLoadError, ReportError, CheckpointError) as err:
             errors.print(Text("error: ", style="red") + Text(str(err)), soft_wrap=True)
             raise typer.Exit(2) from None
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 SMALL = [
@@ -207,3 +208,30 @@ def test_icrl_run_logs_the_session_and_calibration_metrics(tiny_dir, tmp_path):
     assert ("critic", 1) in roles and ("solver", 2) in roles
     revision = next(s for s in samples if s["role"] == "solver" and s["round"] == 2)
     assert revision["metadata"]["critique"]
+
+
+class WritesAFile:
+    """Unpickled, this would write ``path``: what a hostile checkpoint could carry."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (self.path, "ran"))
+
+
+@pytest.mark.parametrize("name", ["rng.pt", "optimizer.pt"])
+def test_resume_refuses_a_checkpoint_that_would_run_code(tiny_dir, tmp_path, name):
+    run = tmp_path / "run"
+    proc = icrl(*train_args(run, 2), "--algo", "grpo")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    planted = tmp_path / "planted"
+    torch.save([WritesAFile(planted)], run / "checkpoints" / "step-2" / name)
+    proc = icrl("train", "--resume", str(run), "--steps", "3")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert f"step-2/{name}: refused to load" in lines[0]
+    assert not planted.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from collections.abc import Callable
@@ -22,6 +23,24 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from icrl_cli.rollout.prompts import PROMPTS_FILE, Prompts
 
 CHECKPOINT_PREFIX = "step-"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be, or must not be, loaded; the message is one line."""
+
+
+def load_tensors(path: Path, map_location: torch.device | str | None = None) -> Any:
+    """A ``.pt`` file of tensors and plain values (``weights_only``): loading a checkpoint never
+    runs code that came with it, whoever wrote it."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling refused"
+        raise CheckpointError(
+            f"{path}: refused to load; it holds more than tensors and plain values ({reason})"
+        ) from None
+    except (OSError, RuntimeError, EOFError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint file ({err})") from None
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -124,9 +143,13 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def read_rng_states(checkpoint: Path) -> list[dict[str, Any]]:
     """Each rank's random state, rank by rank (a checkpoint from before ``rng.pt`` held one
     state per rank holds one)."""
-    rngs = torch.load(checkpoint / "rng.pt", weights_only=True)  # tensors and tuples only
+    rngs = load_tensors(checkpoint / "rng.pt")
     return [rngs] if isinstance(rngs, dict) else rngs
 
 
 def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
-    return json.loads((checkpoint / "trainer_state.json").read_text())
+    path = checkpoint / "trainer_state.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not a readable trainer state ({err})") from None

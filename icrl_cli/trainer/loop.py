@@ -110,7 +110,7 @@ def resume(
     a killed run wrote after it are dropped. (The weights were loaded from it already.)"""
     world, optimizer = trainee.world, trainee.optimizer
     assert trainee.trained is not None and optimizer is not None
-    saved = torch.load(checkpoint / "optimizer.pt", map_location=trainee.model.device)
+    saved = checkpoints.load_tensors(checkpoint / "optimizer.pt", trainee.model.device)
     if world.size > 1:
         distributed.load_optimizer_state(trainee.trained, optimizer, saved)
     else:
