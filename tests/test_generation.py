@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from icrl_cli.generation.hf import HFBackend, nucleus_filter
+from icrl_cli.generation.base import Sampling, nucleus_filter
+from icrl_cli.generation.hf import HFBackend
 from icrl_cli.rollout.samples import Sample
 from icrl_cli.trainer.batch import collate
 from icrl_cli.trainer.logprobs import response_logprobs
@@ -154,3 +155,34 @@ def test_training_forward_sees_exactly_the_sampled_tokens(random_tiny):
             _full_forward_logprobs(model, p, o.token_ids), abs=1e-4
         )
     assert (entropy > 0).all()
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_p"), [(0.7, 1.0), (1.3, 1.0), (0.7, 0.9), (1.0, 0.5), (0.0, 1.0)]
+)
+def test_the_trainer_scores_the_distribution_the_sampler_drew_from(random_tiny, temperature, top_p):
+    """First attempts (the same context on both sides): the trainer's log-probs under the run's
+    temperature and nucleus equal the sampler's to 1e-5 in float32."""
+    model, tokenizer = random_tiny
+    prompts = _prompts(tokenizer) * 3
+    torch.manual_seed(6)
+    outs = HFBackend(model, tokenizer).generate(
+        prompts, max_new_tokens=9, temperature=temperature, top_p=top_p
+    )
+    samples = [
+        Sample("q", i, 1, "solver", p, p, o.token_ids, [1] * len(o.token_ids), o.logprobs)
+        for i, (p, o) in enumerate(zip(prompts, outs, strict=True))
+    ]
+    batch = collate(samples, tokenizer.pad_token_id, torch.device("cpu"))
+    with torch.no_grad():
+        logp, entropy = response_logprobs(
+            model, batch, with_entropy=True, sampling=Sampling(temperature, top_p)
+        )
+    assert torch.isfinite(entropy).all()
+    for row, out in enumerate(outs):
+        scored = logp[row, : len(out.token_ids)].tolist()
+        assert scored == pytest.approx(out.logprobs, abs=1e-5)
+    if top_p < 1.0:
+        # The nucleus renormalises: some token's probability is above its full-softmax value.
+        plain = response_logprobs(model, batch, sampling=Sampling(temperature, 1.0))[0]
+        assert (logp - plain)[batch.mask.bool()].max() > 1e-3

@@ -26,6 +26,7 @@ from icrl_cli.trainer import step
 from icrl_cli.trainer.algorithms import calibration_weights
 from icrl_cli.trainer.logprobs import context_logprobs
 from icrl_cli.trainer.loop import seed_everything
+from icrl_cli.trainer.policy import sampling_of
 
 
 @dataclass
@@ -112,7 +113,8 @@ def rollout(config: RunConfig, n: int, split: str | None = None) -> list[Rollout
     batch = step.training_batch(samples, config.algo)
     step.calibrate(trainee, batch)
     revisions = [s for s in batch if s.is_revision]
-    old = context_logprobs(policy.model, revisions, trainee.pad_id, config.train.micro_batch_size)
+    micro = config.train.micro_batch_size
+    old = context_logprobs(policy.model, revisions, trainee.pad_id, micro, sampling_of(config))
     per_revision = revision_weights(revisions, old, config.algo.w_min, config.algo.w_max)
     weights = dict(zip(map(id, revisions), per_revision, strict=True))
     in_loss = {id(s) for s in batch}

@@ -14,7 +14,7 @@ import inspect
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from icrl_cli.generation.base import Generation
+from icrl_cli.generation.base import Generation, sampling_scores
 
 
 def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -28,16 +28,6 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return sorted(ids)
-
-
-def nucleus_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
-    """``scores`` with every token outside the smallest set whose probability reaches ``top_p``
-    set to -inf (the most likely token always stays)."""
-    ascending, order = torch.sort(scores, dim=-1)
-    mass_below = ascending.softmax(-1).cumsum(-1)
-    drop = mass_below <= 1 - top_p
-    drop[..., -1] = False
-    return scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
 
 
 class HFBackend:
@@ -124,15 +114,13 @@ class HFBackend:
         logprobs: list[list[float]] = [[] for _ in range(n)]
         stopped = [False] * n
         for step in range(max_new_tokens):
-            scores = logits / temperature if sampling else logits
-            # Log-probs of the sampling distribution with the temperature applied and top-p not
-            # (vLLM's convention for its logprobs).
+            # Log-probs of the distribution sampled from: temperature and nucleus applied (the
+            # trainer scores responses under the same ``sampling_scores``).
+            scores = sampling_scores(logits, temperature, top_p)
             logp = torch.log_softmax(scores, dim=-1)
             if not sampling:
                 token = scores.argmax(-1)
             else:
-                if top_p < 1.0:
-                    scores = nucleus_filter(scores, top_p)
                 token = torch.multinomial(scores.softmax(-1), 1).squeeze(1)
             token_logp = logp.gather(1, token.unsqueeze(1)).squeeze(1)
             ended = torch.isin(token, stop)

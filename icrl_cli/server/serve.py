@@ -4,7 +4,7 @@
 It follows vLLM's extensions where a token-in/token-out client needs them: ``prompt`` may be token
 ids, ``return_tokens_as_token_ids`` renders log-prob tokens as ``token_id:N``, and
 ``chat_template_kwargs`` carries ``enable_thinking``. Log-probs are the HF backend's: of the
-sampling distribution with temperature applied (top-p not); at temperature 0 of the raw model.
+sampling distribution, temperature and nucleus applied; at temperature 0 of the raw model.
 Requests are served one at a time (one model, one lock) in worker threads, so the event loop keeps
 answering while a generation runs.
 """
@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from icrl_cli.generation.base import Generation
+from icrl_cli.generation.base import Generation, sampling_scores
 from icrl_cli.generation.hf import HFBackend
 from icrl_cli.rollout.prompts import encode_prompt
 from icrl_cli.server.schema import (
@@ -109,7 +109,7 @@ class ServedModel:
                 Sampled(
                     generation,
                     text,
-                    self.alternatives(prompt, generation.token_ids, request.temperature, top_k),
+                    self.alternatives(prompt, generation.token_ids, request, top_k),
                 )
                 for prompt, (generation, text) in zip(batch, choices, strict=True)
             ]
@@ -147,18 +147,20 @@ class ServedModel:
 
     @torch.no_grad()
     def alternatives(
-        self, prompt: list[int], tokens: list[int], temperature: float, top_k: int | None
+        self, prompt: list[int], tokens: list[int], sampling: SamplingRequest, top_k: int | None
     ) -> list[list[tuple[int, float]]]:
         """The ``top_k`` most likely tokens at each position of ``tokens``, from one forward pass
-        under the same temperature convention as the backend's log-probs."""
+        of the distribution the backend sampled from (temperature and nucleus applied); tokens
+        outside the nucleus have no probability and are not listed."""
         if not top_k or not tokens:
             return [[] for _ in tokens]
         ids = torch.tensor([prompt + tokens], device=self.model.device)
         logits = self.model(ids).logits[0, len(prompt) - 1 : len(prompt) - 1 + len(tokens)]
-        logits = logits.float() / temperature if temperature > 0 else logits.float()
-        values, indices = torch.log_softmax(logits, dim=-1).topk(top_k, dim=-1)
+        chosen = torch.tensor(tokens, device=logits.device)
+        scores = sampling_scores(logits.float(), sampling.temperature, sampling.top_p, chosen)
+        values, indices = torch.log_softmax(scores, dim=-1).topk(top_k, dim=-1)
         return [
-            list(zip(row_ids, row_values, strict=True))
+            [(t, v) for t, v in zip(row_ids, row_values, strict=True) if v != float("-inf")]
             for row_ids, row_values in zip(indices.tolist(), values.tolist(), strict=True)
         ]
 

@@ -9,8 +9,12 @@ from dataclasses import replace
 import torch
 from transformers import PreTrainedModel
 
+from icrl_cli.generation.base import Sampling
 from icrl_cli.rollout.samples import Sample
 from icrl_cli.trainer.batch import ResponseBatch, collate
+
+# Temperature 1, no nucleus: the model's own distribution.
+AS_SAMPLED_AT_ONE = Sampling()
 
 
 def response_logits(
@@ -49,44 +53,62 @@ class ResponseScorer(torch.nn.Module):
 
 
 def response_logprobs(
-    model: PreTrainedModel | ResponseScorer, batch: ResponseBatch, with_entropy: bool = False
+    model: PreTrainedModel | ResponseScorer,
+    batch: ResponseBatch,
+    with_entropy: bool = False,
+    sampling: Sampling = AS_SAMPLED_AT_ONE,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``[n, T]`` log π(y_t | context, y_<t) of each response token, and optionally the
-    entropy (see ``response_logits``)."""
+    """``[n, T]`` log π(y_t | context, y_<t) of each response token under the distribution the
+    backend samples from (``sampling``: temperature and nucleus, as the backend applies them),
+    and optionally its entropy (see ``response_logits``)."""
     score = (
         model if isinstance(model, ResponseScorer) else functools.partial(response_logits, model)
     )
-    logits = score(batch.input_ids, batch.attention_mask, batch.positions)
+    logits = sampling.scores(
+        score(batch.input_ids, batch.attention_mask, batch.positions), batch.response_ids
+    )
     logprobs_all = torch.log_softmax(logits, dim=-1)
     logprobs = logprobs_all.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
     entropy = None
     if with_entropy:
         with torch.no_grad():
-            entropy = -(logprobs_all.exp() * logprobs_all).sum(-1)
+            plogp = logprobs_all.exp() * logprobs_all
+            if sampling.top_p < 1.0:  # outside the nucleus p = 0: no entropy, not 0 · −∞
+                plogp = torch.where(logprobs_all.isfinite(), plogp, 0.0)
+            entropy = -plogp.sum(-1)
     return logprobs, entropy
 
 
 @torch.no_grad()
 def context_logprobs(
-    model: PreTrainedModel, samples: list[Sample], pad_id: int, micro_batch_size: int
+    model: PreTrainedModel,
+    samples: list[Sample],
+    pad_id: int,
+    micro_batch_size: int,
+    sampling: Sampling = AS_SAMPLED_AT_ONE,
 ) -> list[list[float]]:
     """log π(y_t | prompt_ids, y_<t) of every response token of each sample, in micro-batches
     and without gradients."""
     result: list[list[float]] = []
     for start in range(0, len(samples), micro_batch_size):
         chunk = samples[start : start + micro_batch_size]
-        logprobs, _ = response_logprobs(model, collate(chunk, pad_id, model.device))
+        batch = collate(chunk, pad_id, model.device)
+        logprobs, _ = response_logprobs(model, batch, sampling=sampling)
         result += [logprobs[row, : len(s.response_ids)].tolist() for row, s in enumerate(chunk)]
     return result
 
 
 def recompute_behavior_logprobs(
-    model: PreTrainedModel, samples: list[Sample], pad_id: int, micro_batch_size: int
+    model: PreTrainedModel,
+    samples: list[Sample],
+    pad_id: int,
+    micro_batch_size: int,
+    sampling: Sampling = AS_SAMPLED_AT_ONE,
 ) -> None:
     """Replace each revision's engine log-probs with a trainer forward under its behavior
     (critique-conditioned) prompt, at the same weights (``algo.behavior_logprobs=recompute``)."""
     revisions = [s for s in samples if s.behavior_prompt_ids != s.prompt_ids]
     as_sampled = [replace(s, prompt_ids=s.behavior_prompt_ids) for s in revisions]
-    recomputed = context_logprobs(model, as_sampled, pad_id, micro_batch_size)
+    recomputed = context_logprobs(model, as_sampled, pad_id, micro_batch_size, sampling)
     for s, logprobs in zip(revisions, recomputed, strict=True):
         s.behavior_logprobs = logprobs

@@ -16,6 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from icrl_cli.config import AlgoConfig, RunConfig
+from icrl_cli.generation.base import Sampling
 from icrl_cli.rollout.samples import Sample
 from icrl_cli.trainer.algorithms import (
     POLICY_LOSSES,
@@ -41,6 +42,11 @@ TOTALS = (
     "w_clip",
     "rev_tokens",
 )
+
+
+def sampling_of(config: RunConfig) -> Sampling:
+    """The distribution ``config``'s sampler draws from, for the trainer to score under."""
+    return Sampling(config.generation.temperature, config.generation.top_p)
 
 
 @dataclass
@@ -138,9 +144,10 @@ def micro_batch_step(
     algo: AlgoConfig,
     reduce: Callable[[torch.Tensor], torch.Tensor],
     world_size: int,
+    sampling: Sampling,
 ) -> dict[str, float]:
     """Forward and backward of one micro-batch; its share of the step's totals."""
-    logprobs, entropy = response_logprobs(model, batch, with_entropy=True)
+    logprobs, entropy = response_logprobs(model, batch, with_entropy=True, sampling=sampling)
     assert entropy is not None
     old_logprobs = logprobs.detach()
     behavior = batch.behavior_logprobs
@@ -152,7 +159,7 @@ def micro_batch_step(
     loss, kl = policy_loss, 0.0
     if ref_model is not None:
         with torch.no_grad():
-            ref_logprobs, _ = response_logprobs(ref_model, batch)
+            ref_logprobs, _ = response_logprobs(ref_model, batch, sampling=sampling)
         kl_loss = reduce(kl_k3(logprobs, ref_logprobs))
         loss = loss + algo.kl_coef * kl_loss
         kl = kl_loss.item()
@@ -202,8 +209,9 @@ def policy_update(
             batch = idle_batch(pad_id, device)
         else:
             batch = collate([samples[i] for i in chunk], pad_id, device)
+        reduce_batch = functools.partial(reduce, mask=batch.mask)
         shares = micro_batch_step(
-            model, ref_model, batch, algo, functools.partial(reduce, mask=batch.mask), world.size
+            model, ref_model, batch, algo, reduce_batch, world.size, sampling_of(config)
         )
         for key, value in shares.items():
             totals[key] += value

@@ -32,7 +32,7 @@ from icrl_cli.trainer import distributed
 from icrl_cli.trainer.algorithms import critic_reward, role_wise_advantages
 from icrl_cli.trainer.distributed import World
 from icrl_cli.trainer.logprobs import recompute_behavior_logprobs
-from icrl_cli.trainer.policy import UpdateStats, policy_update
+from icrl_cli.trainer.policy import UpdateStats, policy_update, sampling_of
 
 
 class QuerySampler:
@@ -183,7 +183,11 @@ def calibrate(trainee: Trainee, batch: list[Sample]) -> None:
     config = trainee.config
     if config.algo.behavior_logprobs == "recompute":
         recompute_behavior_logprobs(
-            trainee.model, batch, trainee.pad_id, config.train.micro_batch_size
+            trainee.model,
+            batch,
+            trainee.pad_id,
+            config.train.micro_batch_size,
+            sampling_of(config),
         )
 
 
