@@ -1,18 +1,12 @@
-"""A run's configuration: pydantic models, TOML presets and ``--set dotted.key=value`` overrides.
-
-Every field says what it does and when to change it. Unknown keys are rejected, so a typo in a
-preset or an override fails loudly instead of silently training with a default.
-"""
+"""A run's configuration as pydantic models: every field says what it does and when to change
+it. Unknown keys are rejected, so a typo in a preset or an override fails loudly instead of
+silently training with a default."""
 
 from __future__ import annotations
 
-import tomllib
-from importlib import resources
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from icrl_cli.trainer.algorithms import (
     CALIBRATION_WEIGHTS,
@@ -36,15 +30,15 @@ CALIBRATION_ALIASES: dict[str, dict[str, str]] = {
     "luffy_shaping": {"token_weight": "none", "revision_loss": "shaped"},
     "keep_critique": {"token_weight": "none", "revision_context": "critique"},
 }
-_REVISION_DEFAULTS = {"revision_loss": "clipped", "revision_context": "critique_free"}
+REVISION_DEFAULTS = {"revision_loss": "clipped", "revision_context": "critique_free"}
 
 
 def calibration_settings(name: str) -> dict[str, str]:
     """What ``algo.calibration = name`` sets: a weight name, or one of the ablation aliases."""
     if name in CALIBRATION_ALIASES:
-        return {"token_weight": "none", **_REVISION_DEFAULTS, **CALIBRATION_ALIASES[name]}
+        return {"token_weight": "none", **REVISION_DEFAULTS, **CALIBRATION_ALIASES[name]}
     if name in CALIBRATION_WEIGHTS:
-        return {"token_weight": name, **_REVISION_DEFAULTS}
+        return {"token_weight": name, **REVISION_DEFAULTS}
     valid = ", ".join([*CALIBRATION_WEIGHTS, *CALIBRATION_ALIASES])
     raise ValueError(f"unknown algo.calibration '{name}'; choose one of: {valid}")
 
@@ -334,114 +328,3 @@ class RunConfig(Section):
         if self.algo.eps_low >= 1.0:
             raise ValueError("algo.eps_low must be below 1: a ratio clipped at 0 stops learning")
         return self
-
-
-# ---------------------------------------------------------------------------------------------
-# Presets and overrides
-
-
-def preset_dir() -> Path:
-    """The folder of bundled presets (the top-level `presets/`, installed as package data)."""
-    return Path(str(resources.files("presets")))
-
-
-def list_presets() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(preset_dir().glob("*.toml"))}
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML ({err})") from None
-
-
-def load_preset(name_or_path: str) -> dict[str, Any]:
-    """A preset by name (see `icrl presets`) or by path to a TOML file, as a plain dict."""
-    presets = list_presets()
-    if name_or_path in presets:
-        data = _read_toml(presets[name_or_path])
-        data.setdefault("preset", name_or_path)
-        return data
-    path = Path(name_or_path)
-    if path.suffix == ".toml" and path.is_file():
-        data = _read_toml(path)
-        data.setdefault("preset", path.stem)
-        return data
-    raise ConfigError(
-        f"unknown preset '{name_or_path}'; choose one of: {', '.join(presets)} (or a .toml path)"
-    )
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b=value`` → (['a', 'b'], value); the value is TOML if it parses, else text."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set expects dotted.key=value, got '{text}'")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key.strip().split("."), value
-
-
-def apply_override(data: dict[str, Any], keys: list[str], value: Any) -> None:
-    node = data
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"cannot set '{'.'.join(keys)}': '{k}' is not a section")
-    if keys == ["algo", "calibration"]:
-        # The alias replaces the three settings it names, wherever they came from before.
-        for key in ("token_weight", *_REVISION_DEFAULTS):
-            node.pop(key, None)
-    node[keys[-1]] = value
-
-
-def _valid_keys(model: type[BaseModel], path: tuple[str | int, ...]) -> list[str]:
-    for part in path[:-1]:
-        field = model.model_fields.get(str(part))
-        annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            break
-        model = annotation
-    return sorted([*model.model_fields, *getattr(model, "ALIASES", ())])
-
-
-def build_config(data: dict[str, Any]) -> RunConfig:
-    """Validate a dict into a RunConfig; the first problem becomes one readable ConfigError."""
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        loc = first["loc"]
-        key = ".".join(str(p) for p in loc)
-        if first["type"] == "extra_forbidden":
-            valid = _valid_keys(RunConfig, loc)
-            raise ConfigError(
-                f"unknown config key '{key}'; valid keys here: {', '.join(valid)}"
-            ) from None
-        if first["type"] == "literal_error":
-            raise ConfigError(f"invalid value for '{key}': {first['msg']}") from None
-        where = f"'{key}'" if key else "config"
-        raise ConfigError(f"invalid value for {where}: {first['msg']}") from None
-
-
-def with_overrides(data: dict[str, Any], overrides: list[str]) -> RunConfig:
-    """Apply ``--set`` overrides to a config dict and validate the result."""
-    for text in overrides:
-        keys, value = parse_override(text)
-        apply_override(data, keys, value)
-    return build_config(data)
-
-
-def resolve(preset: str | None, overrides: list[str]) -> RunConfig:
-    return with_overrides(load_preset(preset) if preset else {}, overrides)
-
-
-def to_toml(config: RunConfig) -> str:
-    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))
-
-
-def load_run_config(path: Path) -> RunConfig:
-    return build_config(_read_toml(path))

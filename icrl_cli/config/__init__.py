@@ -1,0 +1,52 @@
+"""A run's configuration: the pydantic models (``schema``) and where they come from: presets,
+TOML files and ``--set`` overrides (``files``)."""
+
+from icrl_cli.config.files import (
+    apply_override,
+    build_config,
+    list_presets,
+    load_preset,
+    load_run_config,
+    parse_override,
+    preset_dir,
+    resolve,
+    to_toml,
+    with_overrides,
+)
+from icrl_cli.config.schema import (
+    CALIBRATION_ALIASES,
+    CRITIQUE_GRPO_DEFAULTS,
+    AlgoConfig,
+    ConfigError,
+    EnvConfig,
+    GenerationConfig,
+    ModelConfig,
+    PromptConfig,
+    RunConfig,
+    TrainConfig,
+    calibration_settings,
+)
+
+__all__ = [
+    "CALIBRATION_ALIASES",
+    "CRITIQUE_GRPO_DEFAULTS",
+    "AlgoConfig",
+    "ConfigError",
+    "EnvConfig",
+    "GenerationConfig",
+    "ModelConfig",
+    "PromptConfig",
+    "RunConfig",
+    "TrainConfig",
+    "apply_override",
+    "build_config",
+    "calibration_settings",
+    "list_presets",
+    "load_preset",
+    "load_run_config",
+    "parse_override",
+    "preset_dir",
+    "resolve",
+    "to_toml",
+    "with_overrides",
+]
