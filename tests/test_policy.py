@@ -155,3 +155,37 @@ def test_recompute_takes_behavior_logprobs_from_a_trainer_forward(tiny_dir):
     assert first.behavior_logprobs == [0.0] * len(first.response_ids)  # untouched
     under_free = _logprobs(model, tokenizer, revision, revision.prompt_ids)
     assert revision.behavior_logprobs != pytest.approx(under_free, abs=1e-3)
+
+
+def test_mini_batches_take_several_steps_against_the_sampling_weights(tiny_dir):
+    """Four samples in two optimizer steps: the second step's ratios are measured against the
+    weights that sampled (set before the first), so they move off 1 and, at this learning
+    rate, the clip binds; one step never clips (ρ ≡ 1)."""
+    model, tokenizer = load_model(str(tiny_dir))
+    prompt = tokenizer.encode("<|user|>12+30<|end|><|assistant|>")
+    samples = []
+    for i, text in enumerate([r"\boxed{42}", r"\boxed{41}", r"\boxed{42}", r"\boxed{41}"]):
+        ids = tokenizer.encode(text) + [tokenizer.eos_token_id]
+        samples.append(
+            Sample("q", i, 1, "solver", prompt, prompt, ids, [1] * len(ids), [0.0] * len(ids))
+        )
+        samples[-1].advantage = [1.0, -1.0, 1.0, -1.0][i]
+    batch = collate(samples, tokenizer.pad_token_id, model.device)
+    with torch.no_grad():
+        old = response_logprobs(model, batch)[0]
+    for row, s in enumerate(samples):
+        s.old_logprobs = old[row, : len(s.response_ids)].tolist()
+    one = resolve("tiny-math", ["train.lr=0.05"])
+    two = resolve("tiny-math", ["train.lr=0.05", "train.mini_batches=2"])
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    stats = policy_update(
+        model, None, torch.optim.AdamW(model.parameters(), lr=0.05), samples, two, 0
+    )
+    assert stats.clip_frac > 0.05
+    model.load_state_dict(start)
+    for s in samples:
+        s.old_logprobs = None
+    stats = policy_update(
+        model, None, torch.optim.AdamW(model.parameters(), lr=0.05), samples, one, 0
+    )
+    assert stats.clip_frac == 0.0

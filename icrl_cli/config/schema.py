@@ -303,6 +303,14 @@ class TrainConfig(Section):
         "samples are then sorted by length first, so a micro-batch pads little (verl's dynamic "
         "batch size). None: micro_batch_size samples at a time, in rollout order.",
     )
+    mini_batches: int = Field(
+        1,
+        ge=1,
+        description="Optimizer steps per rollout batch: the batch (advantages computed over all "
+        "of it) is split into this many parts, each one step, with π_old the weights that "
+        "sampled, so the clip binds from the second step on (verl's ppo_mini_batch_size, TRL's "
+        "num_iterations). 1: one step, π_old the current policy.",
+    )
     save_every: int = Field(0, ge=0, description="Steps between checkpoints; 0 writes only final/.")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
     samples_every: int = Field(

@@ -33,6 +33,9 @@ class Sample:
     finish_reason: str = "stop"
     metadata: dict[str, Any] = field(default_factory=dict)
     trainable: bool = True  # False for a frozen critic's samples: never in the loss
+    # log π_old(y_t | prompt_ids) at the weights that sampled, set before several optimizer steps
+    # on one batch (``train.mini_batches``); None: π_old is the policy being updated.
+    old_logprobs: list[float] | None = None
 
     @property
     def is_revision(self) -> bool:
@@ -56,6 +59,7 @@ class Sample:
         for key in ("prompt_ids", "behavior_prompt_ids", "response_ids", "loss_mask"):
             record.pop(key)
         record.pop("behavior_logprobs")
+        record.pop("old_logprobs")
         record["response_tokens"] = len(self.response_ids)
         return record
 

@@ -25,6 +25,7 @@ class ResponseBatch:
     behavior_logprobs: torch.Tensor
     advantages: torch.Tensor
     is_revision: torch.Tensor  # [n] bool: solver samples of round 2 and later
+    old_logprobs: torch.Tensor | None = None  # π_old at the sampling weights, where it was set
 
 
 def collate(samples: list[Sample], pad_id: int, device: torch.device) -> ResponseBatch:
@@ -38,6 +39,8 @@ def collate(samples: list[Sample], pad_id: int, device: torch.device) -> Respons
     response = torch.full((n, steps), pad_id, dtype=torch.long)
     mask = torch.zeros((n, steps), dtype=torch.float32)
     behavior = torch.zeros((n, steps), dtype=torch.float32)
+    with_old = all(s.old_logprobs is not None for s in samples)
+    old = torch.zeros((n, steps), dtype=torch.float32)
     for row, s in enumerate(samples):
         p, r = len(s.prompt_ids), len(s.response_ids)
         input_ids[row, : p + r] = torch.tensor(s.prompt_ids + s.response_ids)
@@ -48,6 +51,8 @@ def collate(samples: list[Sample], pad_id: int, device: torch.device) -> Respons
             response[row, :r] = torch.tensor(s.response_ids)
             mask[row, :r] = torch.tensor(s.loss_mask, dtype=torch.float32)
             behavior[row, :r] = torch.tensor(s.behavior_logprobs, dtype=torch.float32)
+            if with_old:
+                old[row, :r] = torch.tensor(s.old_logprobs, dtype=torch.float32)
     advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
     is_revision = torch.tensor([s.is_revision for s in samples], dtype=torch.bool)
     return ResponseBatch(
@@ -59,6 +64,7 @@ def collate(samples: list[Sample], pad_id: int, device: torch.device) -> Respons
         behavior.to(device),
         advantages.to(device),
         is_revision.to(device),
+        old.to(device) if with_old else None,
     )
 
 

@@ -86,12 +86,16 @@ class UpdateStats:
 
 
 def per_token_loss(
-    logprobs: torch.Tensor, behavior: torch.Tensor, batch: ResponseBatch, algo: AlgoConfig
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    behavior: torch.Tensor,
+    batch: ResponseBatch,
+    algo: AlgoConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 6 per token: the calibration weight ``algo.token_weight`` times the clipped surrogate;
     revision tokens take ``algo.revision_loss``. With one update per rollout batch π_old is the
-    current policy on the training context, so ρ ≡ 1 in value while its gradient is ∇log π."""
-    old_logprobs = logprobs.detach()
+    current policy on the training context, so ρ ≡ 1 in value while its gradient is ∇log π;
+    with several, π_old is the policy that sampled and the clip binds."""
     weights = token_weights(
         old_logprobs, behavior, batch.mask, algo.token_weight, algo.w_min, algo.w_max
     )
@@ -149,12 +153,12 @@ def micro_batch_step(
     """Forward and backward of one micro-batch; its share of the step's totals."""
     logprobs, entropy = response_logprobs(model, batch, with_entropy=True, sampling=sampling)
     assert entropy is not None
-    old_logprobs = logprobs.detach()
+    old_logprobs = logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs
     behavior = batch.behavior_logprobs
     if algo.behavior_logprobs == "recompute":
         # Outside revisions the behavior context is the training context at the same weights.
         behavior = torch.where(batch.is_revision.unsqueeze(-1), behavior, old_logprobs)
-    per_token, clip_active = per_token_loss(logprobs, behavior, batch, algo)
+    per_token, clip_active = per_token_loss(logprobs, old_logprobs, behavior, batch, algo)
     policy_loss = reduce(per_token)
     loss, kl = policy_loss, 0.0
     if ref_model is not None:
@@ -177,7 +181,36 @@ def policy_update(
     pad_id: int,
     world: World | None = None,
 ) -> UpdateStats:
-    """One optimizer step on ``samples`` (Eq. 6), accumulated over micro-batches.
+    """``train.mini_batches`` optimizer steps on ``samples``, in order, each on its share
+    (``optimizer_step``); losses and the gradient norm are the mean over the steps, token
+    statistics over all their tokens."""
+    parts = config.train.mini_batches
+    totals, tokens, norms, skipped = dict.fromkeys(TOTALS, 0.0), 0, [], False
+    for part in range(parts):
+        share = samples[part * len(samples) // parts : (part + 1) * len(samples) // parts]
+        step_totals, step_tokens, norm, step_skipped = optimizer_step(
+            model, ref_model, optimizer, share, config, pad_id, world or World()
+        )
+        for key, value in step_totals.items():
+            totals[key] += value
+        tokens, skipped = tokens + step_tokens, skipped or step_skipped
+        norms.append(norm)
+    totals["policy"] /= parts
+    totals["kl"] /= parts
+    return UpdateStats.from_totals(totals, tokens, sum(norms) / parts, skipped)
+
+
+def optimizer_step(
+    model: PreTrainedModel | ResponseScorer,
+    ref_model: PreTrainedModel | None,
+    optimizer: torch.optim.Optimizer,
+    samples: list[Sample],
+    config: RunConfig,
+    pad_id: int,
+    world: World,
+) -> tuple[dict[str, float], int, float, bool]:
+    """One optimizer step on ``samples`` (Eq. 6), accumulated over micro-batches: its totals
+    (``TOTALS``), its loss-masked tokens, the gradient norm and whether it was skipped.
 
     A non-finite loss or gradient norm skips the step and leaves the weights untouched. Over
     several ranks (``world``; ``model`` sharded with FSDP2, which averages gradients over the
@@ -185,7 +218,6 @@ def policy_update(
     and tokens, so the step is the one a single process would take on all of them; a rank with
     fewer micro-batches runs idle ones so that the collectives line up.
     """
-    world = world or World()
     algo, device = config.algo, model.device
     local_tokens = sum(sum(s.loss_mask) for s in samples)
     num_samples, num_tokens = (int(n) for n in world.sum([len(samples), local_tokens]))
@@ -226,4 +258,4 @@ def policy_update(
         optimizer.zero_grad(set_to_none=True)
     else:
         optimizer.step()
-    return UpdateStats.from_totals(totals, num_tokens, grad_norm, skipped)
+    return totals, num_tokens, grad_norm, skipped

@@ -31,7 +31,7 @@ from icrl_cli.rollout.settings import SessionSettings
 from icrl_cli.trainer import distributed
 from icrl_cli.trainer.algorithms import critic_reward, role_wise_advantages
 from icrl_cli.trainer.distributed import World
-from icrl_cli.trainer.logprobs import recompute_behavior_logprobs
+from icrl_cli.trainer.logprobs import context_logprobs, recompute_behavior_logprobs
 from icrl_cli.trainer.policy import UpdateStats, policy_update, sampling_of
 
 
@@ -177,18 +177,18 @@ def training_batch(samples: list[Sample], algo: AlgoConfig) -> list[Sample]:
 
 
 def calibrate(trainee: Trainee, batch: list[Sample]) -> None:
-    """μ of Eq. 4 as configured: the engine's log-probs as sampled, or (``recompute``) a trainer
-    forward under each revision's behavior context. The weights themselves are taken in the
-    update, against π_old on the training context."""
+    """The two sides of Eq. 4's ratio. μ as configured: the engine's log-probs as sampled, or
+    (``recompute``) a trainer forward under each revision's behavior context. π_old on the
+    training context: with several optimizer steps per batch, a forward of the weights that
+    sampled, before the first step; with one, the update takes it from its own forward."""
     config = trainee.config
+    micro, sampling = config.train.micro_batch_size, sampling_of(config)
     if config.algo.behavior_logprobs == "recompute":
-        recompute_behavior_logprobs(
-            trainee.model,
-            batch,
-            trainee.pad_id,
-            config.train.micro_batch_size,
-            sampling_of(config),
-        )
+        recompute_behavior_logprobs(trainee.model, batch, trainee.pad_id, micro, sampling)
+    if config.train.mini_batches > 1:
+        old = context_logprobs(trainee.model, batch, trainee.pad_id, micro, sampling)
+        for sample, logprobs in zip(batch, old, strict=True):
+            sample.old_logprobs = logprobs
 
 
 def update(trainee: Trainee, batch: list[Sample]) -> UpdateStats:
