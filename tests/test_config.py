@@ -99,3 +99,39 @@ def test_every_field_is_documented():
                 assert field.description, f"{model.__name__}.{name} has no description"
 
     walk(RunConfig)
+
+
+@pytest.mark.parametrize("preset", sorted(list_presets()))
+@pytest.mark.parametrize("algo", ["grpo", "icrl", "critique-grpo"])
+def test_every_preset_yields_a_faithful_algorithm(preset, algo):
+    chosen = resolve(preset, [f'algo.name="{algo}"']).algo
+    assert chosen.name == algo
+    if algo == "critique-grpo":  # whatever the preset set for ICRL
+        defined = (
+            chosen.critic,
+            chosen.critic_gate,
+            chosen.train_critic,
+            chosen.token_weight,
+            chosen.revision_loss,
+            chosen.normalize_std,
+            chosen.max_rounds,
+        )
+        assert defined == ("rule", "ungated", False, "none", "shaped", False, 2)
+    else:  # the preset's own settings stand
+        assert chosen.token_weight == resolve(preset, []).algo.token_weight
+
+
+def test_a_setting_that_contradicts_the_algorithm_is_refused_and_others_are_kept():
+    with pytest.raises(ConfigError, match="algo.critic = 'self' contradicts --algo critique-grpo"):
+        resolve("qwen3-4b-math", ['algo.name="critique-grpo"', 'algo.critic="self"'])
+    with pytest.raises(ConfigError, match="train_critic = True contradicts"):
+        resolve("tiny-math", ['algo.name="critique-grpo"', "algo.train_critic=true"])
+    kept = resolve(
+        "qwen3-4b-math",
+        ['algo.name="critique-grpo"', 'algo.critic="Qwen3-8B"', 'algo.calibration="token_tis"'],
+    ).algo
+    assert (kept.critic, kept.token_weight, kept.revision_loss) == (
+        "Qwen3-8B",
+        "token_tis",
+        "clipped",
+    )

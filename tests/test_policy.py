@@ -189,3 +189,25 @@ def test_mini_batches_take_several_steps_against_the_sampling_weights(tiny_dir):
         model, None, torch.optim.AdamW(model.parameters(), lr=0.05), samples, one, 0
     )
     assert stats.clip_frac == 0.0
+
+
+def test_an_entropy_bonus_raises_the_entropy_it_is_measured_on(tiny_dir):
+    """Zero advantages: the surrogate has no gradient, so a step moves only by the bonus, and
+    the entropy of the scored positions rises; without the bonus nothing moves."""
+    model, tokenizer = load_model(str(tiny_dir))
+    prompt = tokenizer.encode("<|user|>12+30<|end|><|assistant|>")
+    ids = tokenizer.encode(r"\boxed{42}") + [tokenizer.eos_token_id]
+    samples = [Sample("q", 0, 1, "solver", prompt, prompt, ids, [1] * len(ids), [0.0] * len(ids))]
+    batch = collate(samples, tokenizer.pad_token_id, model.device)
+
+    def entropy():
+        with torch.no_grad():
+            return response_logprobs(model, batch, with_entropy=True)[1].mean().item()
+
+    before = entropy()
+    for coef, rises in ((0.0, False), (0.5, True)):
+        config = resolve("tiny-math", [f"algo.entropy_coef={coef}"])
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        policy_update(model, None, optimizer, samples, config, tokenizer.pad_token_id)
+        assert (entropy() > before + 1e-3) == rises
+        before = entropy()

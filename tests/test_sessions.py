@@ -1,5 +1,7 @@
 """Sessions, prompts and switches: who critiques what, what each sample trains on, and rewards."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from scripted import PROMPTS, ScriptedBackend
@@ -151,3 +153,25 @@ def test_three_rounds_when_k_is_three(env, task):
     samples = run_sessions(backend, tokenizer, env, [task], settings, PROMPTS, critic)
     assert sorted(s.round for s in samples if s.role == "solver") == [1, 1, 2, 2, 3, 3]
     assert len([s for s in samples if s.role == "critic"]) == 4
+
+
+def test_a_refinement_prompt_shows_the_attempt_it_read(env, task):
+    """Critique-GRPO's refinement: the task, the previous attempt as the environment renders
+    it, and the critique; ICRL's revision shows the task and the tips only. Both train under
+    the critique-free prompt."""
+    tokenizer = build_tokenizer()
+    backend = ScriptedBackend(tokenizer, lambda t: "\\boxed{7}")
+    prompts = replace(PROMPTS, refinement_user="{task}#{attempt}#{critique}")
+    rendered = env.render_attempt(task, "\\boxed{7}")
+    for shows, expected in ((True, f"{task.prompt}#{rendered}#no:{task.answer}"), (False, None)):
+        settings = session_settings(
+            sessions_per_query=1, max_rounds=2, revision_shows_attempt=shows
+        )
+        samples = run_sessions(
+            backend, tokenizer, env, [task], settings, prompts, RuleCritic(prompts)
+        )
+        revision = next(s for s in samples if s.is_revision)
+        behavior = tokenizer.decode(revision.behavior_prompt_ids)
+        user = behavior.split("<|user|>")[1].split("<|end|>")[0]
+        assert user == (expected or f"{task.prompt}|no:{task.answer}")
+        assert revision.prompt_ids == samples[0].prompt_ids  # trained critique-free

@@ -12,7 +12,13 @@ from typing import Any
 import tomli_w
 from pydantic import BaseModel, ValidationError
 
-from icrl_cli.config.schema import REVISION_DEFAULTS, ConfigError, RunConfig
+from icrl_cli.config.schema import (
+    ALGORITHM_DEFINITIONS,
+    CONTRADICTIONS,
+    REVISION_DEFAULTS,
+    ConfigError,
+    RunConfig,
+)
 
 
 def preset_dir() -> Path:
@@ -103,11 +109,35 @@ def build_config(data: dict[str, Any]) -> RunConfig:
 
 
 def with_overrides(data: dict[str, Any], overrides: list[str]) -> RunConfig:
-    """Apply ``--set`` overrides to a config dict and validate the result."""
+    """Apply ``--set`` overrides to a config dict and validate the result. An algorithm named by
+    an override (``--algo``) takes its defining settings over the preset's (a preset written
+    for ICRL still yields a faithful Critique-GRPO); an override that contradicts them is
+    refused."""
+    given: set[str] = set()
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(data, keys, value)
+        given.add(".".join(keys))
+    algo = data.get("algo")
+    if "algo.name" in given and isinstance(algo, dict):
+        define_algorithm(algo, {k.removeprefix("algo.") for k in given if k.startswith("algo.")})
     return build_config(data)
+
+
+def define_algorithm(algo: dict[str, Any], chosen: set[str]) -> None:
+    """``algo`` with its algorithm's defining settings, except those in ``chosen`` (given as
+    overrides), which must not contradict the algorithm."""
+    name = algo.get("name")
+    for key, bad in CONTRADICTIONS.get(name, {}).items():
+        if key in chosen and algo.get(key) == bad:
+            raise ConfigError(
+                f"algo.{key} = {bad!r} contradicts --algo {name} (a frozen critic, never trained)"
+            )
+    if "calibration" in chosen:  # the alias names three of the settings
+        chosen = chosen | {"token_weight", "revision_loss", "revision_context"}
+    for key, value in ALGORITHM_DEFINITIONS.get(name, {}).items():
+        if key not in chosen:
+            algo[key] = value
 
 
 def resolve(preset: str | None, overrides: list[str]) -> RunConfig:

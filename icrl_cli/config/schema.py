@@ -15,14 +15,26 @@ from icrl_cli.trainer.algorithms import (
     POLICY_LOSSES,
 )
 
+# Critique-GRPO as its authors' code runs it: every attempt critiqued by a frozen rule critic,
+# one refinement that sees the attempt and the critique, p/(p+γ) on refinement tokens, no std
+# in the advantage, Dr. GRPO's constant normaliser, an entropy bonus of 0.001.
 CRITIQUE_GRPO_DEFAULTS = {
     "critic": "rule",
     "critic_gate": "ungated",
     "train_critic": False,
     "token_weight": "none",
     "revision_loss": "shaped",
+    "revision_shows_attempt": True,
     "normalize_std": False,
+    "loss_aggregation": "seq-mean-token-sum-norm",
+    "entropy_coef": 0.001,
     "max_rounds": 2,
+}
+# What ``--algo critique-grpo`` means whatever a preset says, and the settings that would make it
+# another algorithm (a trained self-critic): refused with one line when asked for.
+ALGORITHM_DEFINITIONS: dict[str, dict[str, Any]] = {"critique-grpo": CRITIQUE_GRPO_DEFAULTS}
+CONTRADICTIONS: dict[str, dict[str, Any]] = {
+    "critique-grpo": {"critic": "self", "train_critic": True},
 }
 # The ablation names of ``algo.calibration``, each a choice of the three settings it stands for.
 # Every calibration weight's own name is one too (that weight, clipped loss, critique-free).
@@ -169,6 +181,11 @@ class AlgoConfig(Section):
         "prompt (the transfer ICRL is about); 'critique' the critique-conditioned prompt it was "
         "sampled under (the ablation without transfer).",
     )
+    revision_shows_attempt: bool = Field(
+        False,
+        description="The revision prompt also shows the previous attempt (Critique-GRPO's "
+        "refinement prompt, ``prompts.refinement_user``); ICRL's shows the task and the tips.",
+    )
     w_min: float = Field(0.0, ge=0.0, description="Lower bound of the calibration weight.")
     w_max: float = Field(2.0, gt=0.0, description="Upper bound of the calibration weight.")
     shaping_gamma: float = Field(
@@ -190,6 +207,12 @@ class AlgoConfig(Section):
         0.0,
         ge=0.0,
         description="Weight of the k3 KL penalty to the initial model; 0 skips loading it.",
+    )
+    entropy_coef: float = Field(
+        0.0,
+        ge=0.0,
+        description="Weight of an entropy bonus on the sampled tokens' distributions, aggregated "
+        "like the policy loss (Critique-GRPO and LUFFY use 0.001).",
     )
     normalize_std: bool = Field(
         True, description="Divide advantages by the group's std (False is Dr. GRPO)."
@@ -238,6 +261,11 @@ class PromptConfig(Section):
     revision_user: str | None = Field(
         None,
         description="The solver's user message on a retry; placeholders {task} and {critique}.",
+    )
+    refinement_user: str | None = Field(
+        None,
+        description="The solver's user message on a retry that also shows its previous attempt "
+        "(``algo.revision_shows_attempt``); placeholders {task}, {attempt} and {critique}.",
     )
     critic_system: str | None = Field(None, description="The critic's system prompt.")
     critic_user: str | None = Field(

@@ -24,6 +24,10 @@ PROMPTS_FILE = "icrl_prompts.json"
 class Prompts:
     solver_user: str = "# Task\n{task}"
     revision_user: str = "# Task\n{task}\n\n# Core Tips From Previous Critique\n{critique}"
+    refinement_user: str = (
+        "# Task\n{task}\n\n# Your Previous Attempt\n{attempt}\n\n# Critique\n{critique}\n\n"
+        "Answer the task again in full."
+    )
     critic_system: str = (
         "You are a critic. You are shown a task and an attempt at it that did not fully "
         "succeed. Find the single most important mistake and give a few short, actionable tips "
@@ -52,13 +56,20 @@ class Prompts:
 
 
 def solver_messages(
-    env: Environment, task: Task, prompts: Prompts, critique: str | None = None
+    env: Environment,
+    task: Task,
+    prompts: Prompts,
+    critique: str | None = None,
+    attempt: str | None = None,
 ) -> list[dict[str, str]]:
-    """The solver prompt; with a critique it is the revision prompt (the behavior context)."""
+    """The solver prompt; with a critique it is the revision prompt (the behavior context), and
+    with the previous ``attempt`` as well the refinement prompt."""
     if critique is None:
         user = prompts.solver_user.format(task=task.prompt)
-    else:
+    elif attempt is None:
         user = prompts.revision_user.format(task=task.prompt, critique=critique)
+    else:
+        user = prompts.refinement_user.format(task=task.prompt, attempt=attempt, critique=critique)
     return [
         {"role": "system", "content": env.solver_instructions()},
         {"role": "user", "content": user},

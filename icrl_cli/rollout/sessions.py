@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from environments import Environment, Task, opening
 from icrl_cli.generation import GenerationBackend
-from icrl_cli.rollout.critics import Critic
+from icrl_cli.rollout.critics import Critic, attempt_summary
 from icrl_cli.rollout.episodes import play, start_all, trajectory_summary
 from icrl_cli.rollout.prompts import Prompts, encode_prompt, solver_messages
 from icrl_cli.rollout.samples import Sample, is_failed
@@ -71,7 +71,8 @@ def _solver_prompts(
     prompts: Prompts,
 ) -> tuple[dict[str, list[int]], list[list[int]]]:
     """The critique-free prompt of each task (the training context) and each session's
-    behavior prompt (with its critique, if it has one)."""
+    behavior prompt (with its critique, if it has one, and with the attempt it read when
+    ``settings.revision_shows_attempt``)."""
     free: dict[str, list[int]] = {}
     behavior = []
     for s in sessions:
@@ -81,7 +82,10 @@ def _solver_prompts(
         if s.critique is None:
             behavior.append(free[s.task.id])
         else:
-            messages = solver_messages(env, s.task, prompts, critique=s.critique)
+            attempt = None
+            if settings.revision_shows_attempt and s.last is not None:
+                attempt = attempt_summary(env, s.task, s.last)
+            messages = solver_messages(env, s.task, prompts, s.critique, attempt)
             behavior.append(encode_prompt(tokenizer, messages, settings.enable_thinking))
     return free, behavior
 

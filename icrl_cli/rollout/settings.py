@@ -21,6 +21,7 @@ class SessionSettings:
     sessions_per_query: int
     max_rounds: int
     gate: str
+    revision_shows_attempt: bool
     max_new_tokens: int
     critic_max_new_tokens: int
     temperature: float
@@ -40,6 +41,7 @@ class SessionSettings:
             sessions_per_query=algo.sessions_per_query,
             max_rounds=1 if algo.name == "grpo" else algo.max_rounds,
             gate=algo.critic_gate,
+            revision_shows_attempt=algo.revision_shows_attempt,
             max_new_tokens=gen.max_new_tokens,
             critic_max_new_tokens=algo.critic_max_new_tokens,
             temperature=gen.temperature,

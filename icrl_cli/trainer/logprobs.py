@@ -57,10 +57,12 @@ def response_logprobs(
     batch: ResponseBatch,
     with_entropy: bool = False,
     sampling: Sampling = AS_SAMPLED_AT_ONE,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``[n, T]`` log π(y_t | context, y_<t) of each response token under the distribution the
     backend samples from (``sampling``: temperature and nucleus, as the backend applies them),
-    and optionally its entropy (see ``response_logits``)."""
+    and optionally its entropy (see ``response_logits``), with a gradient for an entropy bonus
+    when ``entropy_grad``."""
     score = (
         model if isinstance(model, ResponseScorer) else functools.partial(response_logits, model)
     )
@@ -71,7 +73,7 @@ def response_logprobs(
     logprobs = logprobs_all.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
     entropy = None
     if with_entropy:
-        with torch.no_grad():
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             plogp = logprobs_all.exp() * logprobs_all
             if sampling.top_p < 1.0:  # outside the nucleus p = 0: no entropy, not 0 · −∞
                 plogp = torch.where(logprobs_all.isfinite(), plogp, 0.0)

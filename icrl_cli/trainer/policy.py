@@ -151,7 +151,9 @@ def micro_batch_step(
     sampling: Sampling,
 ) -> dict[str, float]:
     """Forward and backward of one micro-batch; its share of the step's totals."""
-    logprobs, entropy = response_logprobs(model, batch, with_entropy=True, sampling=sampling)
+    logprobs, entropy = response_logprobs(
+        model, batch, with_entropy=True, sampling=sampling, entropy_grad=algo.entropy_coef > 0
+    )
     assert entropy is not None
     old_logprobs = logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs
     behavior = batch.behavior_logprobs
@@ -161,6 +163,8 @@ def micro_batch_step(
     per_token, clip_active = per_token_loss(logprobs, old_logprobs, behavior, batch, algo)
     policy_loss = reduce(per_token)
     loss, kl = policy_loss, 0.0
+    if algo.entropy_coef > 0:  # a bonus: higher entropy lowers the loss
+        loss = loss - algo.entropy_coef * reduce(entropy)
     if ref_model is not None:
         with torch.no_grad():
             ref_logprobs, _ = response_logprobs(ref_model, batch, sampling=sampling)
@@ -168,7 +172,7 @@ def micro_batch_step(
         loss = loss + algo.kl_coef * kl_loss
         kl = kl_loss.item()
     (loss * world_size).backward()  # FSDP averages over the ranks; the loss is a sum
-    shares = diagnostics(old_logprobs, behavior, entropy, clip_active, batch, algo)
+    shares = diagnostics(old_logprobs, behavior, entropy.detach(), clip_active, batch, algo)
     return {"policy": policy_loss.item(), "kl": kl, **shares}
 
 
