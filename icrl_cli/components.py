@@ -139,17 +139,30 @@ def trainee(
     policy: Policy,
     world: distributed.World | None = None,
     train: bool = True,
+    source: str | None = None,
 ) -> Trainee:
     """What a step works on: ``policy`` and its critic, and with ``train`` the module the
-    optimizer updates (the policy's model, or under torchrun its FSDP2-sharded copy), the KL
-    term's reference model and the optimizer."""
+    optimizer updates, the KL term's reference model and the optimizer. The trained weights are
+    float32 masters: the policy's own model when it is float32, else a float32 copy loaded from
+    ``source`` (or the model's name) beside the policy's, which samples in the compute dtype;
+    under torchrun, an FSDP2-sharded copy computing in that dtype."""
     world = world or distributed.World()
     model, trained, ref_model, optimizer = policy.model, None, None, None
     if train:
-        # One process trains the model it samples from; several train a sharded copy of it.
-        trained = distributed.shard_for_update(model) if world.size > 1 else model
+        spec = config.model
+        if model.dtype == torch.float16:
+            raise ConfigError(
+                "model.dtype = 'float16' trains without a loss scaler, which is not built; "
+                "train in bfloat16 or float32"
+            )
+        trained = model
+        if model.dtype != torch.float32:
+            trained, _ = load_model(
+                source or spec.name, spec.device, "float32", spec.trust_remote_code
+            )
+        if world.size > 1:
+            trained = distributed.shard_for_update(trained, compute_dtype=model.dtype)
         if config.algo.kl_coef > 0:
-            spec = config.model
             ref_model, _ = load_model(spec.name, spec.device, spec.dtype, spec.trust_remote_code)
             ref_model.eval().requires_grad_(False)
         optimizer = torch.optim.AdamW(
@@ -204,7 +217,8 @@ def train_on(
     checkpoint = checkpoints.latest_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None and world.main:
         console.print(f"no checkpoint in {run_dir}; starting from step 0")
-    policy = load_policy(config, str(checkpoint) if checkpoint else None)
-    parts = trainee(config, env, policy, world)
+    source = str(checkpoint) if checkpoint else None
+    policy = load_policy(config, source)
+    parts = trainee(config, env, policy, world, source=source)
     sampler = QuerySampler(train_tasks, config.train.seed)
     return loop.fit(parts, sampler, run_dir, checkpoint, console)

@@ -61,11 +61,16 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
 
 
 def write_model(
-    path: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Prompts
+    path: Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Prompts,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """A Hugging Face model directory, plus the prompt templates it was trained with, so that
-    `icrl eval` on it prompts the model the way training did."""
-    model.save_pretrained(path)
+    """A Hugging Face model directory (``model``, or its architecture with ``state_dict``), plus
+    the prompt templates it was trained with, so that `icrl eval` on it prompts the model the way
+    training did."""
+    model.save_pretrained(path, state_dict=state_dict)
     tokenizer.save_pretrained(path)
     _write_json(path / PROMPTS_FILE, prompts.to_json())
 
@@ -95,13 +100,14 @@ def save_checkpoint(
     rngs: list[dict[str, Any]],
     state: dict[str, Any],
     keep: int,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """``checkpoints/step-N``: the model, the optimizer state, each rank's random state
-    (``rng.pt``: a list, rank by rank) and the trainer's, written atomically; the oldest beyond
-    ``keep`` are removed."""
+    """``checkpoints/step-N``: the model (or its architecture with ``weights``), the optimizer
+    state, each rank's random state (``rng.pt``: a list, rank by rank) and the trainer's,
+    written atomically; the oldest beyond ``keep`` are removed."""
 
     def write(path: Path) -> None:
-        write_model(path, model, tokenizer, prompts)
+        write_model(path, model, tokenizer, prompts, weights)
         torch.save(optimizer_state, path / "optimizer.pt")
         torch.save(rngs, path / "rng.pt")
         _write_json(path / "trainer_state.json", {"step": step, **state})

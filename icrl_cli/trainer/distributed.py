@@ -108,15 +108,23 @@ def teardown(world: World) -> None:
         dist.destroy_process_group()
 
 
-def shard_for_update(model: PreTrainedModel) -> ResponseScorer:
-    """A copy of ``model`` for the update, sharded over the ranks with ``fully_shard``: each
-    decoder layer its own unit, the rest (embeddings, tied head, final norm) the root."""
-    from torch.distributed.fsdp import fully_shard
+def shard_for_update(
+    model: PreTrainedModel, compute_dtype: torch.dtype = torch.float32
+) -> ResponseScorer:
+    """A copy of ``model`` (float32 masters) for the update, sharded over the ranks with
+    ``fully_shard``: each decoder layer its own unit, the rest (embeddings, tied head, final
+    norm) the root. Below float32, parameters are gathered in ``compute_dtype`` for the forward
+    and gradients reduced in float32 (FSDP2's ``MixedPrecisionPolicy``)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    mixed = {}
+    if compute_dtype != torch.float32:
+        policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+        mixed = {"mp_policy": policy}
     scorer = ResponseScorer(copy.deepcopy(model))
     for layer in scorer.model.get_decoder().layers:
-        fully_shard(layer)
-    fully_shard(scorer)
+        fully_shard(layer, **mixed)
+    fully_shard(scorer, **mixed)
     return scorer
 
 
@@ -129,9 +137,10 @@ def full_state(scorer: ResponseScorer) -> dict[str, torch.Tensor]:
     return {name.removeprefix("model."): tensor for name, tensor in state.items()}
 
 
-def copy_weights(scorer: ResponseScorer, model: PreTrainedModel) -> None:
-    """Give the sampling copy ``model`` the trained weights (every rank calls it)."""
-    state = full_state(scorer)
+def copy_weights(trained: ResponseScorer | PreTrainedModel, model: PreTrainedModel) -> None:
+    """Give the sampling copy ``model`` the trained weights, cast to its dtype (for a sharded
+    ``trained`` a collective: every rank calls it)."""
+    state = full_state(trained) if isinstance(trained, ResponseScorer) else trained.state_dict()
     with torch.no_grad():
         missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(model._tied_weights_keys or ()) if hasattr(model, "_tied_weights_keys") else set()

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from transformers import PreTrainedModel
 
 from environments.math import grading
 from icrl_cli.config import RunConfig
@@ -129,6 +130,17 @@ def resume(
     return counters
 
 
+def master_weights(trainee: Trainee) -> tuple[PreTrainedModel, dict[str, torch.Tensor] | None]:
+    """What a checkpoint holds: the float32 masters, as a model to save and (for sharded
+    masters below float32, gathered from every rank: a collective) the state to save with it."""
+    trained, model = trainee.trained, trainee.model
+    if trained is None or trained is model or model.dtype == torch.float32:
+        return model, None  # the sampler holds the masters, or an exact float32 copy of them
+    if isinstance(trained, PreTrainedModel):
+        return trained, None
+    return model, distributed.full_state(trained)
+
+
 def save(trainee: Trainee, sampler: QuerySampler, run_dir: Path, counters: Counters) -> None:
     """``checkpoints/step-N``; every rank takes part in gathering its state, rank 0 writes."""
     world, optimizer = trainee.world, trainee.optimizer
@@ -138,11 +150,12 @@ def save(trainee: Trainee, sampler: QuerySampler, run_dir: Path, counters: Count
     else:
         optimizer_state = optimizer.state_dict()
     rngs = world.gather([checkpoints.rng_state()])
+    model, state = master_weights(trainee)
     if world.main:
         checkpoints.save_checkpoint(
             run_dir,
             counters.step,
-            trainee.model,
+            model,
             trainee.tokenizer,
             trainee.prompts,
             optimizer_state,
@@ -153,6 +166,7 @@ def save(trainee: Trainee, sampler: QuerySampler, run_dir: Path, counters: Count
                 "sampler": sampler.state(),
             },
             trainee.config.train.keep_checkpoints,
+            state,
         )
     world.barrier()  # a checkpoint is whole before any rank goes on
 

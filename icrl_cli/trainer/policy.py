@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 
 from icrl_cli.config import AlgoConfig, RunConfig
 from icrl_cli.generation.base import Sampling
+from icrl_cli.models import pick_dtype
 from icrl_cli.rollout.samples import Sample
 from icrl_cli.trainer.algorithms import (
     POLICY_LOSSES,
@@ -240,15 +241,19 @@ def optimizer_step(
     )
     chunks += [None] * (world.max(len(chunks)) - len(chunks))
     totals = dict.fromkeys(TOTALS, 0.0)
+    # float32 masters, the forward in the compute dtype the sampler runs in (model.dtype).
+    compute = pick_dtype(config.model.dtype, device)
+    autocast = torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32)
     for chunk in chunks:
         if chunk is None:
             batch = idle_batch(pad_id, device)
         else:
             batch = collate([samples[i] for i in chunk], pad_id, device)
         reduce_batch = functools.partial(reduce, mask=batch.mask)
-        shares = micro_batch_step(
-            model, ref_model, batch, algo, reduce_batch, world.size, sampling_of(config)
-        )
+        with autocast:
+            shares = micro_batch_step(
+                model, ref_model, batch, algo, reduce_batch, world.size, sampling_of(config)
+            )
         for key, value in shares.items():
             totals[key] += value
     totals = dict(zip(totals, world.sum(list(totals.values())), strict=True))
