@@ -160,6 +160,8 @@ def trainee(
             trained, _ = load_model(
                 source or spec.name, spec.device, "float32", spec.trust_remote_code
             )
+        if config.train.gradient_checkpointing:
+            models.enable_activation_checkpointing(trained)
         if world.size > 1:
             trained = distributed.shard_for_update(trained, compute_dtype=model.dtype)
         if config.algo.kl_coef > 0:

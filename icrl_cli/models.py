@@ -131,3 +131,14 @@ def _not_available(path: str, err: Exception) -> str:
         f"model '{path}' is not available locally and could not be downloaded from the hub "
         "(offline, or no such repository); pass a local model directory"
     )
+
+
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each decoder layer's activations in the backward pass, by transformers' own
+    switch (``activation_checkpointing_enable`` from 5.x on, ``gradient_checkpointing_enable``
+    before); non-reentrant, so a layer's inputs need not require gradients."""
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)

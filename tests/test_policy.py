@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from icrl_cli.config import resolve
-from icrl_cli.models import load_model
+from icrl_cli.models import enable_activation_checkpointing, load_model
 from icrl_cli.rollout.samples import Sample
 from icrl_cli.trainer.batch import collate, micro_batches
 from icrl_cli.trainer.logprobs import recompute_behavior_logprobs, response_logprobs
@@ -211,3 +211,27 @@ def test_an_entropy_bonus_raises_the_entropy_it_is_measured_on(tiny_dir):
         policy_update(model, None, optimizer, samples, config, tokenizer.pad_token_id)
         assert (entropy() > before + 1e-3) == rises
         before = entropy()
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(tiny_dir):
+    config = resolve("tiny-math", [])
+    prompt_text = "<|user|>12+30<|end|><|assistant|>"
+    grads = []
+    for checkpointing in (False, True):
+        model, tokenizer = load_model(str(tiny_dir))
+        if checkpointing:
+            enable_activation_checkpointing(model)
+        prompt = tokenizer.encode(prompt_text)
+        samples = []
+        for i, text in enumerate([r"\boxed{42}", r"\boxed{41}"]):
+            ids = tokenizer.encode(text) + [tokenizer.eos_token_id]
+            samples.append(
+                Sample("q", i, 1, "solver", prompt, prompt, ids, [1] * len(ids), [0.0] * len(ids))
+            )
+            samples[-1].advantage = [1.0, -1.0][i]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        policy_update(model, None, optimizer, samples, config, tokenizer.pad_token_id)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert any(g.abs().sum() > 0 for g in grads[0])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
