@@ -92,6 +92,7 @@ def step_record(
         "entropy": stats.entropy,
         "grad_norm": stats.grad_norm,
         "logprob/behavior_abs_diff": stats.logprob_mismatch,
+        "logprob/revision_abs_diff": stats.revision_gap,
         "train/skipped_steps": counters.skipped_steps,
         "env/grader_timeouts": grader_timeouts,
         "time/rollout": outcome.rollout_time,

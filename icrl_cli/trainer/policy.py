@@ -42,6 +42,7 @@ TOTALS = (
     "w_rev",
     "w_clip",
     "rev_tokens",
+    "rev_gap",
 )
 
 
@@ -61,6 +62,7 @@ class UpdateStats:
     w_mean_revision: float | None
     w_clip_frac: float | None
     skipped: bool
+    revision_gap: float | None = None
 
     @classmethod
     def skipped_step(cls) -> UpdateStats:
@@ -83,6 +85,7 @@ class UpdateStats:
             w_mean_revision=totals["w_rev"] / revision_tokens if revision_tokens else None,
             w_clip_frac=totals["w_clip"] / revision_tokens if revision_tokens else None,
             skipped=skipped,
+            revision_gap=totals["rev_gap"] / revision_tokens if revision_tokens else None,
         )
 
 
@@ -139,6 +142,8 @@ def diagnostics(
         "w_rev": (tis * revision_mask).sum().item(),
         "w_clip": (outside.float() * revision_mask).sum().item(),
         "rev_tokens": revision_mask.sum().item(),
+        # |log π_old(y|q) − log μ(y|q, c)| on revision tokens: what the critique changed.
+        "rev_gap": ((old_logprobs - behavior).abs() * revision_mask).sum().item(),
     }
 
 
