@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import environments
 from environments import Environment
-from icrl_cli import models, tiny
+from icrl_cli import adapters, models, tiny
 from icrl_cli.config import ConfigError, GenerationConfig, RunConfig, to_toml
 from icrl_cli.generation import GenerationBackend
 from icrl_cli.generation.hf import HFBackend
@@ -35,7 +35,7 @@ from icrl_cli.rollout.critics import (
 from icrl_cli.rollout.prompts import Prompts
 from icrl_cli.rollout.settings import SessionSettings
 from icrl_cli.trainer import checkpoints, distributed, loop
-from icrl_cli.trainer.step import QuerySampler, Trainee
+from icrl_cli.trainer.step import QuerySampler, Trainee, sync_sampler
 
 
 def resolve_model_name(name: str) -> str:
@@ -142,33 +142,17 @@ def trainee(
     source: str | None = None,
 ) -> Trainee:
     """What a step works on: ``policy`` and its critic, and with ``train`` the module the
-    optimizer updates, the KL term's reference model and the optimizer. The trained weights are
-    float32 masters: the policy's own model when it is float32, else a float32 copy loaded from
-    ``source`` (or the model's name) beside the policy's, which samples in the compute dtype;
-    under torchrun, an FSDP2-sharded copy computing in that dtype."""
+    optimizer updates (``trained_module``), the KL term's reference model and the optimizer."""
     world = world or distributed.World()
     model, trained, ref_model, optimizer = policy.model, None, None, None
     if train:
         spec = config.model
-        if model.dtype == torch.float16:
-            raise ConfigError(
-                "model.dtype = 'float16' trains without a loss scaler, which is not built; "
-                "train in bfloat16 or float32"
-            )
-        trained = model
-        if model.dtype != torch.float32:
-            trained, _ = load_model(
-                source or spec.name, spec.device, "float32", spec.trust_remote_code
-            )
-        if config.train.gradient_checkpointing:
-            models.enable_activation_checkpointing(trained)
-        if world.size > 1:
-            trained = distributed.shard_for_update(trained, compute_dtype=model.dtype)
+        trained = trained_module(config, policy.model, world, source)
         if config.algo.kl_coef > 0:
             ref_model, _ = load_model(spec.name, spec.device, spec.dtype, spec.trust_remote_code)
             ref_model.eval().requires_grad_(False)
         optimizer = torch.optim.AdamW(
-            trained.parameters(),
+            [p for p in trained.parameters() if p.requires_grad],
             lr=config.train.lr,
             betas=config.train.betas,
             weight_decay=config.train.weight_decay,
@@ -187,6 +171,40 @@ def trainee(
         optimizer=optimizer,
         world=world,
     )
+
+
+def trained_module(
+    config: RunConfig, model: PreTrainedModel, world: distributed.World, source: str | None
+) -> torch.nn.Module:
+    """The weights the optimizer updates, float32 masters: ``model`` itself when it is float32,
+    else a float32 copy loaded from ``source`` (or the model's name) beside it, which samples
+    in the compute dtype; with ``model.lora``, adapters on that base (the base from the model's
+    name, the adapters from ``source``'s adapter/ when resuming); under torchrun an
+    FSDP2-sharded copy computing in the sampler's dtype."""
+    spec = config.model
+    if model.dtype == torch.float16:
+        raise ConfigError(
+            "model.dtype = 'float16' trains without a loss scaler, which is not built; "
+            "train in bfloat16 or float32"
+        )
+    if spec.lora is not None and world.size > 1:
+        raise ConfigError(
+            "model.lora under torchrun is not built yet; train adapters in one process"
+        )
+    base = None if spec.lora is not None else source
+    trained = model
+    if model.dtype != torch.float32:
+        trained, _ = load_model(base or spec.name, spec.device, "float32", spec.trust_remote_code)
+    if config.train.gradient_checkpointing:
+        models.enable_activation_checkpointing(trained)
+    if spec.lora is not None:
+        saved = Path(source) / adapters.ADAPTER_DIR if source else None
+        with torch.random.fork_rng(devices=[]):  # the adapters' init leaves sampling's draws alone
+            trained = adapters.attach(trained, spec.lora, saved)
+        sync_sampler(trained, model)  # a resumed run's adapters, before the first rollout
+    if world.size > 1:
+        trained = distributed.shard_for_update(trained, compute_dtype=model.dtype)
+    return trained
 
 
 def train(config: RunConfig, run_dir: Path, resume: bool, console: Console) -> Path:
@@ -220,7 +238,8 @@ def train_on(
     if resume and checkpoint is None and world.main:
         console.print(f"no checkpoint in {run_dir}; starting from step 0")
     source = str(checkpoint) if checkpoint else None
-    policy = load_policy(config, source)
+    # With adapters the base weights never change: they come from the model, not the checkpoint.
+    policy = load_policy(config, None if config.model.lora else source)
     parts = trainee(config, env, policy, world, source=source)
     sampler = QuerySampler(train_tasks, config.train.seed)
     return loop.fit(parts, sampler, run_dir, checkpoint, console)

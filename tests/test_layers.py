@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("icrl_cli.trainer", "icrl_cli.tiny"),
     ("icrl_cli.rollout",),
     ("icrl_cli.generation", "environments"),
+    ("icrl_cli.adapters",),
     ("icrl_cli.config", "icrl_cli.models", "icrl_cli.trainer.algorithms", "presets"),
 ]
 # A package's face (``icrl_cli/__init__.py``) defines its version and imports nothing.

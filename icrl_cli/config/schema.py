@@ -63,6 +63,20 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class LoraConfig(Section):
+    """LoRA adapters (the ``peft`` extra): the base frozen, low-rank updates trained."""
+
+    rank: int = Field(16, ge=1, description="r: the rank of each adapter's update.")
+    alpha: float = Field(32.0, gt=0.0, description="The update is scaled by alpha / rank.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapters' input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+        ],
+        description="Names of the linear layers that get adapters (Qwen3's attention and MLP).",
+    )  # fmt: skip
+
+
 class ModelConfig(Section):
     name: str = Field(
         "tiny",
@@ -81,6 +95,11 @@ class ModelConfig(Section):
     )
     trust_remote_code: bool = Field(
         False, description="Allow model code from the hub (only for models that need it)."
+    )
+    lora: LoraConfig | None = Field(
+        None,
+        description="Train LoRA adapters instead of every weight ([model.lora]); sampling uses "
+        "the merged weights; checkpoints and final/ hold the merged model and adapter/.",
     )
 
 

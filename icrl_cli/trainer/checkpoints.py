@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from icrl_cli import adapters
 from icrl_cli.rollout.prompts import PROMPTS_FILE, Prompts
 
 CHECKPOINT_PREFIX = "step-"
@@ -66,11 +67,14 @@ def write_model(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Prompts,
     state_dict: dict[str, torch.Tensor] | None = None,
+    adapted: Any = None,
 ) -> None:
     """A Hugging Face model directory (``model``, or its architecture with ``state_dict``), plus
     the prompt templates it was trained with, so that `icrl eval` on it prompts the model the way
-    training did."""
+    training did, and with ``adapted`` its LoRA adapters in ``adapter/``."""
     model.save_pretrained(path, state_dict=state_dict)
+    if adapted is not None:
+        adapters.save_adapter(adapted, path)
     tokenizer.save_pretrained(path)
     _write_json(path / PROMPTS_FILE, prompts.to_json())
 
@@ -101,13 +105,14 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int,
     weights: dict[str, torch.Tensor] | None = None,
+    adapted: Any = None,
 ) -> Path:
     """``checkpoints/step-N``: the model (or its architecture with ``weights``), the optimizer
     state, each rank's random state (``rng.pt``: a list, rank by rank) and the trainer's,
     written atomically; the oldest beyond ``keep`` are removed."""
 
     def write(path: Path) -> None:
-        write_model(path, model, tokenizer, prompts, weights)
+        write_model(path, model, tokenizer, prompts, weights, adapted)
         torch.save(optimizer_state, path / "optimizer.pt")
         torch.save(rngs, path / "rng.pt")
         _write_json(path / "trainer_state.json", {"step": step, **state})

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import PreTrainedModel
 
 from environments.math import grading
+from icrl_cli import adapters
 from icrl_cli.config import RunConfig
 from icrl_cli.rollout.metrics import episode_metrics, session_metrics
 from icrl_cli.rollout.samples import Sample
@@ -133,13 +134,26 @@ def resume(
 
 def master_weights(trainee: Trainee) -> tuple[PreTrainedModel, dict[str, torch.Tensor] | None]:
     """What a checkpoint holds: the float32 masters, as a model to save and (for sharded
-    masters below float32, gathered from every rank: a collective) the state to save with it."""
+    masters below float32, gathered from every rank: a collective; for adapters, merged into
+    the base) the state to save with it."""
     trained, model = trainee.trained, trainee.model
+    if trained is not None and adapters.is_adapted(trained):
+        return model, adapters.merged_state(trained)
     if trained is None or trained is model or model.dtype == torch.float32:
         return model, None  # the sampler holds the masters, or an exact float32 copy of them
     if isinstance(trained, PreTrainedModel):
         return trained, None
     return model, distributed.full_state(trained)
+
+
+def final_weights(trainee: Trainee) -> dict[str, torch.Tensor] | None:
+    """``final/`` is the sampler in the compute dtype; where adapters sit inside it, their
+    merged weights."""
+    trained = trainee.trained
+    if trained is not None and adapters.is_adapted(trained):
+        if trained.get_base_model() is trainee.model:
+            return adapters.merged_state(trained)
+    return None
 
 
 def save(trainee: Trainee, sampler: QuerySampler, run_dir: Path, counters: Counters) -> None:
@@ -168,6 +182,7 @@ def save(trainee: Trainee, sampler: QuerySampler, run_dir: Path, counters: Count
             },
             trainee.config.train.keep_checkpoints,
             state,
+            trainee.trained if adapters.is_adapted(trainee.trained) else None,
         )
     world.barrier()  # a checkpoint is whole before any rank goes on
 
@@ -244,6 +259,8 @@ def fit(
             model=trainee.model,
             tokenizer=trainee.tokenizer,
             prompts=trainee.prompts,
+            state_dict=final_weights(trainee),
+            adapted=trainee.trained if adapters.is_adapted(trainee.trained) else None,
         )
         checkpoints.write_atomically(final, write)
     world.barrier()

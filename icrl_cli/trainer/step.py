@@ -21,6 +21,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from environments import Environment, Task
+from icrl_cli import adapters
 from icrl_cli.config import AlgoConfig, RunConfig
 from icrl_cli.generation import GenerationBackend
 from icrl_cli.rollout.critics import Critic
@@ -199,10 +200,22 @@ def update(trainee: Trainee, batch: list[Sample]) -> UpdateStats:
     if not t.world.sum([len(batch)])[0]:
         return UpdateStats.skipped_step()
     stats = policy_update(t.trained, t.ref_model, t.optimizer, batch, t.config, t.pad_id, t.world)
-    if t.trained is not t.model:
-        distributed.copy_weights(t.trained, t.model)
+    sync_sampler(t.trained, t.model)
     t.backend.sync_weights()
     return stats
+
+
+def sync_sampler(trained: torch.nn.Module, model: PreTrainedModel) -> None:
+    """Give the sampling model the trained weights: nothing to do when it is the trained model
+    (or the base its adapters are injected into); the merged adapters, or the masters (gathered
+    from the ranks when sharded), cast to the sampler's dtype otherwise."""
+    if trained is model:
+        return
+    if adapters.is_adapted(trained):
+        if trained.get_base_model() is not model:
+            model.load_state_dict(adapters.merged_state(trained))
+        return
+    distributed.copy_weights(trained, model)
 
 
 def learn(trainee: Trainee, samples: list[Sample]) -> tuple[list[Sample], UpdateStats]:
