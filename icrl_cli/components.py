@@ -170,7 +170,16 @@ def trainee(
         ref_model=ref_model,
         optimizer=optimizer,
         world=world,
+        final_dtype=final_dtype(config, model.device) if train else None,
     )
+
+
+def final_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
+    """What ``final/`` is saved in: ``model.dtype`` when given, else the model's own."""
+    spec = config.model
+    if spec.dtype != "auto":
+        return models.pick_dtype(spec.dtype, device)
+    return models.saved_dtype(resolve_model_name(spec.name), spec.trust_remote_code)
 
 
 def trained_module(

@@ -309,3 +309,23 @@ def test_lora_without_peft_is_one_clear_line(monkeypatch, tiny_dir):
     model, _ = load_model(str(tiny_dir))
     with pytest.raises(ConfigError, match=r"model.lora needs the 'peft' extra"):
         adapters.attach(model, resolve("tiny-math", ["model.lora.rank=4"]).model.lora)
+
+
+def test_final_is_saved_in_the_models_own_dtype(tiny_dir, tmp_path):
+    """A bfloat16 model trained on a CPU computes in float32 (model.dtype auto) and comes back
+    in bfloat16, its own dtype; model.dtype, when given, decides instead."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    own = tmp_path / "tiny-bf16"
+    shutil.copytree(tiny_dir, own)
+    AutoModelForCausalLM.from_pretrained(tiny_dir).to(torch.bfloat16).save_pretrained(own)
+    for dtype, expected in (("auto", torch.bfloat16), ("float32", torch.float32)):
+        run = tmp_path / dtype
+        proc = icrl(*train_args(run, 1), "--model", str(own), "--set", f"model.dtype='{dtype}'")
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        final = load_file(run / "final" / "model.safetensors")
+        assert {t.dtype for t in final.values()} == {expected}
+        assert AutoModelForCausalLM.from_pretrained(run / "final").dtype == expected

@@ -146,14 +146,24 @@ def master_weights(trainee: Trainee) -> tuple[PreTrainedModel, dict[str, torch.T
     return model, distributed.full_state(trained)
 
 
-def final_weights(trainee: Trainee) -> dict[str, torch.Tensor] | None:
-    """``final/`` is the sampler in the compute dtype; where adapters sit inside it, their
-    merged weights."""
-    trained = trainee.trained
-    if trained is not None and adapters.is_adapted(trained):
-        if trained.get_base_model() is trainee.model:
-            return adapters.merged_state(trained)
-    return None
+def final_model(trainee: Trainee) -> tuple[PreTrainedModel, dict[str, torch.Tensor] | None]:
+    """``final/``: the trained weights (adapters merged) in ``trainee.final_dtype``, as a model
+    and, where the sampler does not hold them in that dtype, the state to save with it. Under
+    torchrun, the sampler as it is (its compute dtype)."""
+    model, trained = trainee.model, trainee.trained
+    target = trainee.final_dtype or model.dtype
+    adapted = trained is not None and adapters.is_adapted(trained)
+    injected = adapted and trained.get_base_model() is model
+    if trainee.world.size > 1 or (target == model.dtype and not injected):
+        return model, None
+    if adapted:
+        state = adapters.merged_state(trained)
+    else:
+        source = trained if isinstance(trained, PreTrainedModel) else model
+        state = source.state_dict()
+    state = {name: tensor.to(target) for name, tensor in state.items()}
+    model.to(target)  # training is over; config.json then names the dtype the tensors are in
+    return model, state
 
 
 def save(trainee: Trainee, sampler: QuerySampler, run_dir: Path, counters: Counters) -> None:
@@ -254,12 +264,13 @@ def fit(
             progress.update(bar, advance=1, info=progress_info(record, counters))
     final = run_dir / "final"
     if world.main:
+        model, state = final_model(trainee)
         write = functools.partial(
             checkpoints.write_model,
-            model=trainee.model,
+            model=model,
             tokenizer=trainee.tokenizer,
             prompts=trainee.prompts,
-            state_dict=final_weights(trainee),
+            state_dict=state,
             adapted=trainee.trained if adapters.is_adapted(trainee.trained) else None,
         )
         checkpoints.write_atomically(final, write)

@@ -86,6 +86,7 @@ class Trainee:
     ref_model: PreTrainedModel | None = None
     optimizer: torch.optim.Optimizer | None = None
     world: World = field(default_factory=World)
+    final_dtype: torch.dtype | None = None  # final/'s; None: the sampler's
 
     @property
     def pad_id(self) -> int:
