@@ -369,6 +369,13 @@ class TrainConfig(Section):
     samples_every: int = Field(
         10, ge=0, description="Write samples/step-N.jsonl every this many steps; 0 never."
     )
+    report_to: list[Literal["tensorboard", "wandb", "none"]] = Field(
+        default_factory=list,
+        description="Experiment trackers that receive every step's metrics (metrics.jsonl's "
+        "names), the resolved config and a table of sampled sessions every samples_every steps: "
+        "'tensorboard' (events in RUN/tensorboard), 'wandb' (offline in RUN/wandb unless "
+        "WANDB_API_KEY or WANDB_MODE says otherwise). The 'tracking' extra installs both.",
+    )
     seed: int = Field(0, description="Seeds data order, sampling and initialisation.")
     output_dir: str | None = Field(
         None, description="Run directory; default runs/<preset-or-env>-<algo>-<time>."

@@ -36,6 +36,8 @@ class Sample:
     # log π_old(y_t | prompt_ids) at the weights that sampled, set before several optimizer steps
     # on one batch (``train.mini_batches``); None: π_old is the policy being updated.
     old_logprobs: list[float] | None = None
+    # The mean token_tis weight of a revision's tokens, as the update measured it (Fig. 4).
+    calibration_weight_mean: float | None = None
 
     @property
     def is_revision(self) -> bool:
@@ -60,6 +62,7 @@ class Sample:
             record.pop(key)
         record.pop("behavior_logprobs")
         record.pop("old_logprobs")
+        record.pop("calibration_weight_mean")
         record["response_tokens"] = len(self.response_ids)
         return record
 

@@ -15,6 +15,7 @@ import json
 import random
 import resource
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,7 +30,7 @@ from icrl_cli import adapters
 from icrl_cli.config import RunConfig
 from icrl_cli.rollout.metrics import episode_metrics, session_metrics
 from icrl_cli.rollout.samples import Sample
-from icrl_cli.trainer import checkpoints, distributed
+from icrl_cli.trainer import checkpoints, distributed, reporting
 from icrl_cli.trainer.step import QuerySampler, StepOutcome, Trainee, train_step
 
 
@@ -205,6 +206,15 @@ def write_samples(run_dir: Path, step: int, samples: list[Sample]) -> None:
             f.write(json.dumps(s.to_json()) + "\n")
 
 
+@contextlib.contextmanager
+def closing_all(trackers: list[reporting.Reporter]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for tracker in trackers:
+            tracker.close()
+
+
 def progress_bar(console: Console, main: bool) -> Progress:
     return Progress(
         TextColumn("[bold]train[/bold]"),
@@ -245,7 +255,8 @@ def fit(
     # Rank 0 reports and writes; the other ranks play their share and join the update.
     metrics_file: TextIO | contextlib.nullcontext[None]
     metrics_file = metrics_path.open("a") if world.main else contextlib.nullcontext()
-    with progress_bar(console, world.main) as progress, metrics_file:
+    trackers = reporting.open_reporters(config, run_dir, counters.step) if world.main else []
+    with progress_bar(console, world.main) as progress, metrics_file, closing_all(trackers):
         bar = progress.add_task("train", total=config.train.steps, completed=counters.step, info="")
         for step in range(counters.step + 1, config.train.steps + 1):
             timeouts_before = grading.timeouts()
@@ -257,8 +268,15 @@ def fit(
             if world.main:
                 metrics_file.write(json.dumps(record) + "\n")  # type: ignore[union-attr]
                 metrics_file.flush()  # type: ignore[union-attr]
-                if config.train.samples_every and step % config.train.samples_every == 0:
+                sampled = (
+                    bool(config.train.samples_every) and step % config.train.samples_every == 0
+                )
+                if sampled:
                     write_samples(run_dir, step, samples)
+                for tracker in trackers:
+                    tracker.metrics(step, record)
+                    if sampled:
+                        tracker.samples(step, reporting.session_rows(samples))
             if config.train.save_every and step % config.train.save_every == 0:
                 save(trainee, sampler, run_dir, counters)
             progress.update(bar, advance=1, info=progress_info(record, counters))

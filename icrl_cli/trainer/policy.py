@@ -124,8 +124,9 @@ def diagnostics(
     clip_active: torch.Tensor,
     batch: ResponseBatch,
     algo: AlgoConfig,
-) -> dict[str, float]:
-    """A micro-batch's share of the step's clip, entropy, mismatch and weight statistics."""
+) -> tuple[dict[str, float], list[float | None]]:
+    """A micro-batch's share of the step's clip, entropy, mismatch and weight statistics, and
+    each row's mean token_tis weight (None outside revisions)."""
     revision = batch.is_revision.unsqueeze(-1)
     # Sampler-vs-trainer mismatch, where both saw the same context (not revisions).
     same_context = batch.mask * ~revision
@@ -134,7 +135,10 @@ def diagnostics(
     ratio = (old_logprobs - behavior).clamp(-20.0, 20.0).exp()
     tis = calibration_weights(old_logprobs, behavior, algo.w_min, algo.w_max)
     outside = (ratio > algo.w_max) | (ratio < algo.w_min)
-    return {
+    tokens = revision_mask.sum(-1)
+    row_weights = ((tis * revision_mask).sum(-1) / tokens.clamp(min=1.0)).tolist()
+    rows = [w if n > 0 else None for w, n in zip(row_weights, tokens.tolist(), strict=True)]
+    shares = {
         "clip": (clip_active * batch.mask).sum().item(),
         "entropy": (entropy * batch.mask).sum().item(),
         "mismatch": ((old_logprobs - behavior).abs() * same_context).sum().item(),
@@ -145,6 +149,7 @@ def diagnostics(
         # |log π_old(y|q) − log μ(y|q, c)| on revision tokens: what the critique changed.
         "rev_gap": ((old_logprobs - behavior).abs() * revision_mask).sum().item(),
     }
+    return shares, rows
 
 
 def micro_batch_step(
@@ -155,8 +160,9 @@ def micro_batch_step(
     reduce: Callable[[torch.Tensor], torch.Tensor],
     world_size: int,
     sampling: Sampling,
-) -> dict[str, float]:
-    """Forward and backward of one micro-batch; its share of the step's totals."""
+) -> tuple[dict[str, float], list[float | None]]:
+    """Forward and backward of one micro-batch; its share of the step's totals and its rows'
+    mean calibration weights."""
     logprobs, entropy = response_logprobs(
         model, batch, with_entropy=True, sampling=sampling, entropy_grad=algo.entropy_coef > 0
     )
@@ -178,8 +184,8 @@ def micro_batch_step(
         loss = loss + algo.kl_coef * kl_loss
         kl = kl_loss.item()
     (loss * world_size).backward()  # FSDP averages over the ranks; the loss is a sum
-    shares = diagnostics(old_logprobs, behavior, entropy.detach(), clip_active, batch, algo)
-    return {"policy": policy_loss.item(), "kl": kl, **shares}
+    shares, rows = diagnostics(old_logprobs, behavior, entropy.detach(), clip_active, batch, algo)
+    return {"policy": policy_loss.item(), "kl": kl, **shares}, rows
 
 
 def policy_update(
@@ -256,11 +262,13 @@ def optimizer_step(
             batch = collate([samples[i] for i in chunk], pad_id, device)
         reduce_batch = functools.partial(reduce, mask=batch.mask)
         with autocast:
-            shares = micro_batch_step(
+            shares, rows = micro_batch_step(
                 model, ref_model, batch, algo, reduce_batch, world.size, sampling_of(config)
             )
         for key, value in shares.items():
             totals[key] += value
+        for index, weight in zip(chunk or [], rows, strict=False):
+            samples[index].calibration_weight_mean = weight
     totals = dict(zip(totals, world.sum(list(totals.values())), strict=True))
     grad_norm = float(
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
