@@ -240,13 +240,8 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(tiny_dir, tmp_path, nam
     assert not planted.exists()
 
 
-def test_bfloat16_trains_float32_masters_and_resumes_exactly(tiny_dir, tmp_path):
-    """At lr 1e-6 an Adam step is far below bfloat16's resolution for these weights; the
-    float32 masters take it (nearly every weight moves in two steps), the sampler computes in
-    bfloat16, final/ is saved in it, and a run resumed from step 2 repeats a straight one."""
-    from safetensors.torch import load_file
-
-    args = ["--set", "model.dtype='bfloat16'", "--set", "train.lr=1e-6", "--algo", "grpo"]
+def straight_and_resumed(tmp_path: Path, args: list[str]) -> tuple[Path, Path]:
+    """Three steps straight (a checkpoint at 2), and two steps resumed for a third."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     for run, steps in ((straight, 3), (resumed, 2)):
         proc = icrl(*train_args(run, steps), *args)
@@ -255,6 +250,17 @@ def test_bfloat16_trains_float32_masters_and_resumes_exactly(tiny_dir, tmp_path)
     proc = icrl("train", "--resume", str(resumed), "--steps", "3")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
+    return straight, resumed
+
+
+def test_bfloat16_trains_float32_masters_and_resumes_exactly(tiny_dir, tmp_path):
+    """At lr 1e-6 an Adam step is far below bfloat16's resolution for these weights; the
+    float32 masters take it (nearly every weight moves in two steps), the sampler computes in
+    bfloat16, final/ is saved in it, and a run resumed from step 2 repeats a straight one."""
+    from safetensors.torch import load_file
+
+    args = ["--set", "model.dtype='bfloat16'", "--set", "train.lr=1e-6", "--algo", "grpo"]
+    straight, resumed = straight_and_resumed(tmp_path, args)
     start = load_file(tiny_dir / "model.safetensors")
     master = load_file(straight / "checkpoints" / "step-2" / "model.safetensors")
     assert all(t.dtype == torch.float32 for t in master.values())
@@ -274,14 +280,7 @@ def test_lora_trains_adapters_writes_merged_weights_and_resumes_exactly(tiny_dir
     from safetensors.torch import load_file
 
     args = ["--set", "model.lora.rank=4", "--set", "train.lr=1e-3", "--algo", "grpo"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    for run, steps in ((straight, 3), (resumed, 2)):
-        proc = icrl(*train_args(run, steps), *args)
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
-    proc = icrl("train", "--resume", str(resumed), "--steps", "3")
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
+    straight, resumed = straight_and_resumed(tmp_path, args)
     assert reproducible(resumed / "metrics.jsonl") == reproducible(straight / "metrics.jsonl")
     base, final = (
         load_file(tiny_dir / "model.safetensors"),

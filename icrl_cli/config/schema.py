@@ -63,6 +63,9 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+QWEN3_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 class LoraConfig(Section):
     """LoRA adapters (the ``peft`` extra): the base frozen, low-rank updates trained."""
 
@@ -70,11 +73,9 @@ class LoraConfig(Section):
     alpha: float = Field(32.0, gt=0.0, description="The update is scaled by alpha / rank.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapters' input.")
     target_modules: list[str] = Field(
-        default_factory=lambda: [
-            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-        ],
+        default_factory=lambda: list(QWEN3_LINEAR_LAYERS),
         description="Names of the linear layers that get adapters (Qwen3's attention and MLP).",
-    )  # fmt: skip
+    )
 
 
 class ModelConfig(Section):

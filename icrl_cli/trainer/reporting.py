@@ -13,8 +13,17 @@ from typing import Any, Protocol
 from icrl_cli.config import ConfigError, RunConfig, to_toml
 from icrl_cli.rollout.samples import Sample
 
-SAMPLE_COLUMNS = ["query", "session", "round", "prompt", "critique", "response", "reward",
-                  "advantage", "calibration_weight_mean"]  # fmt: skip
+SAMPLE_COLUMNS = [
+    "query",
+    "session",
+    "round",
+    "prompt",
+    "critique",
+    "response",
+    "reward",
+    "advantage",
+    "calibration_weight_mean",
+]
 WANDB_ID_FILE = "wandb_run_id"
 
 
