@@ -96,6 +96,9 @@ def train(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the resolved configuration and stop.")
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start over in a run directory that holds a run.")
+    ] = False,
 ) -> None:
     """Train with GRPO, ICRL or Critique-GRPO (default: the tiny model on synthetic math)."""
     from icrl_cli.config import with_overrides
@@ -131,7 +134,9 @@ def train(
         print_plan(config, run_dir)
         return
 
-    final = components.train(config, run_dir, resume=resume is not None, console=errors)
+    final = components.train(
+        config, run_dir, resume=resume is not None, console=errors, overwrite=overwrite
+    )
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         console.print(f"done: {final}")
 

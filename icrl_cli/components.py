@@ -8,6 +8,7 @@ nothing below it reaches up to borrow a loader.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,20 +217,28 @@ def trained_module(
     return trained
 
 
-def train(config: RunConfig, run_dir: Path, resume: bool, console: Console) -> Path:
+def train(
+    config: RunConfig, run_dir: Path, resume: bool, console: Console, overwrite: bool = False
+) -> Path:
     """Run (or continue) training into ``run_dir``; returns the path of ``final/``. Under
     ``torchrun`` every rank runs this (see ``trainer.distributed``); rank 0 writes."""
     world = distributed.setup()
     try:
-        return train_on(world, config, run_dir, resume, console)
+        return train_on(world, config, run_dir, resume, console, overwrite)
     finally:
         distributed.teardown(world)
 
 
 def train_on(
-    world: distributed.World, config: RunConfig, run_dir: Path, resume: bool, console: Console
+    world: distributed.World,
+    config: RunConfig,
+    run_dir: Path,
+    resume: bool,
+    console: Console,
+    overwrite: bool = False,
 ) -> Path:
-    """``train`` as this rank of ``world``."""
+    """``train`` as this rank of ``world``. A fresh run never mixes with a run already in
+    ``run_dir``: that is refused, unless ``overwrite`` clears it first."""
     if config.train.queries_per_step % world.size:
         raise ConfigError(
             f"train.queries_per_step ({config.train.queries_per_step}) must be a multiple "
@@ -240,15 +249,59 @@ def train_on(
     run_dir = world.broadcast(run_dir)  # a default name carries rank 0's clock
     loop.seed_everything(config.train.seed + world.rank)  # ranks sample their own noise
     if world.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        prepare_run_dir(run_dir, resume, overwrite)
         (run_dir / "config.toml").write_text(to_toml(config))
     # (An embedded model that is not built yet is built by one rank: its cache holds a lock.)
-    checkpoint = checkpoints.latest_checkpoint(run_dir) if resume else None
+    checkpoint = None
+    if resume:
+        if world.main:
+            checkpoints.remove_partials(run_dir)
+        world.barrier()
+
+        def report(line: str) -> None:
+            if world.main:
+                console.print(line, soft_wrap=True, highlight=False)
+
+        checkpoint = checkpoints.latest_checkpoint(run_dir, report=report)
     if resume and checkpoint is None and world.main:
-        console.print(f"no checkpoint in {run_dir}; starting from step 0")
+        console.print(f"no checkpoint in {run_dir}; starting from step 0", soft_wrap=True)
     source = str(checkpoint) if checkpoint else None
     # With adapters the base weights never change: they come from the model, not the checkpoint.
     policy = load_policy(config, None if config.model.lora else source)
     parts = trainee(config, env, policy, world, source=source)
     sampler = QuerySampler(train_tasks, config.train.seed)
     return loop.fit(parts, sampler, run_dir, checkpoint, console)
+
+
+# What a run writes into its directory; a fresh run refuses to mix with any of it.
+RUN_ENTRIES = (
+    "config.toml",
+    "metrics.jsonl",
+    "checkpoints",
+    "samples",
+    "final",
+    "tensorboard",
+    "wandb",
+    "wandb_run_id",
+)
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """``run_dir`` ready for this run: created; for a fresh run, empty of any earlier run's
+    files (refused unless ``overwrite``)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run directory {run_dir} is a file")
+    found = [name for name in RUN_ENTRIES if (run_dir / name).exists()]
+    if found and not resume:
+        if not overwrite:
+            raise ConfigError(
+                f"{run_dir} already holds a run ({', '.join(found)}); continue it with "
+                f"--resume {run_dir}, or start over with --overwrite"
+            )
+        for name in found:
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create run directory {run_dir}: {err.strerror}") from None

@@ -328,3 +328,44 @@ def test_final_is_saved_in_the_models_own_dtype(tiny_dir, tmp_path):
         final = load_file(run / "final" / "model.safetensors")
         assert {t.dtype for t in final.values()} == {expected}
         assert AutoModelForCausalLM.from_pretrained(run / "final").dtype == expected
+
+
+def test_resume_skips_a_damaged_checkpoint_and_a_half_written_line(tiny_dir, tmp_path):
+    """The newest checkpoint truncated, a kill's half line at the end of metrics.jsonl and a
+    stale partial checkpoint: --resume says which checkpoint it skipped and why, goes on from
+    the one before, and ends with the uninterrupted run's metrics."""
+    run = tmp_path / "run"
+    proc = icrl(*train_args(run, 4), "--algo", "grpo")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    reference = reproducible(run / "metrics.jsonl")
+    weights = run / "checkpoints" / "step-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 5, "solver/rew')
+    (run / "checkpoints" / ".step-6.partial").mkdir()
+    proc = icrl("train", "--resume", str(run))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "skipping" in err and "step-4: model.safetensors has 1000 bytes" in err
+    assert "resuming from" in err and "step-2 (step 2)" in err
+    assert reproducible(run / "metrics.jsonl") == reference
+    assert not (run / "checkpoints" / ".step-6.partial").exists()
+
+
+def test_a_fresh_run_never_mixes_with_an_old_one(tiny_dir, tmp_path):
+    run = tmp_path / "run"
+    proc = icrl(*train_args(run, 2), "--algo", "grpo")
+    assert proc.communicate(timeout=300) and proc.returncode == 0
+    proc = icrl(*train_args(run, 1), "--algo", "grpo")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2
+    assert err.strip().splitlines() == [
+        f"error: {run} already holds a run (config.toml, metrics.jsonl, checkpoints, samples, "
+        f"final); continue it with --resume {run}, or start over with --overwrite"
+    ]
+    proc = icrl(*train_args(run, 1), "--algo", "grpo", "--overwrite")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert not (run / "checkpoints").exists()  # the old run's step-2 went with it

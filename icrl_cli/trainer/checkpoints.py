@@ -8,6 +8,7 @@ so a kill never leaves a half-written checkpoint under its final name.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -116,6 +117,7 @@ def save_checkpoint(
         torch.save(optimizer_state, path / "optimizer.pt")
         torch.save(rngs, path / "rng.pt")
         _write_json(path / "trainer_state.json", {"step": step, **state})
+        write_manifest(path)
 
     target = write_atomically(run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step}", write)
     for old in list_checkpoints(run_dir)[:-keep]:
@@ -133,22 +135,82 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from (a killed run's tail)."""
+    """Drop metric lines written after the checkpoint we resume from (a killed run's tail),
+    and a last line a kill cut short."""
     if not path.exists():
         return
-    kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line and json.loads(line)["step"] <= last_step
-    ]
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            step = json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            break  # a half-written line: nothing after it was written whole
+        if step <= last_step:
+            kept.append(line)
     partial = path.with_suffix(".partial")
     partial.write_text("".join(line + "\n" for line in kept))
     os.replace(partial, path)
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """Every file's size and SHA-256, written last: a checkpoint whose files still match it
+    was written whole and has not been damaged since."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {
+        str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in files
+    }
+    _write_json(directory / MANIFEST, entries)
+
+
+def damage(checkpoint: Path) -> str | None:
+    """What is wrong with ``checkpoint`` by its manifest (None: nothing). A checkpoint from
+    before manifests is taken as it is."""
+    manifest = checkpoint / MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        entries = json.loads(manifest.read_text())
+    except (OSError, json.JSONDecodeError):
+        return "its manifest is unreadable"
+    for name, entry in entries.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != entry["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, not {entry['bytes']}"
+        if _sha256(path) != entry["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def latest_checkpoint(run_dir: Path, report: Callable[[str], None] = print) -> Path | None:
+    """The newest checkpoint that verifies; each newer one skipped is reported with why."""
+    for checkpoint in reversed(list_checkpoints(run_dir)):
+        problem = damage(checkpoint)
+        if problem is None:
+            return checkpoint
+        report(f"skipping {checkpoint}: {problem}")
+    return None
+
+
+def remove_partials(run_dir: Path) -> None:
+    """Half-written checkpoints a killed or failed write left behind."""
+    for root in (run_dir, run_dir / "checkpoints"):
+        if root.is_dir():
+            for stale in root.glob(".*.partial"):
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def read_rng_states(checkpoint: Path) -> list[dict[str, Any]]:

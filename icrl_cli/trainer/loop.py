@@ -129,7 +129,7 @@ def resume(
     counters = Counters(state["step"], state["skipped_steps"], state.get("failed_episodes", 0))
     if world.main:
         checkpoints.truncate_metrics(run_dir / "metrics.jsonl", counters.step)
-        console.print(f"resuming from {checkpoint} (step {counters.step})")
+        console.print(f"resuming from {checkpoint} (step {counters.step})", soft_wrap=True)
     return counters
 
 
