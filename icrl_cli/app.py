@@ -134,9 +134,9 @@ def train(
         print_plan(config, run_dir)
         return
 
-    final = components.train(
-        config, run_dir, resume=resume is not None, console=errors, overwrite=overwrite
-    )
+    final = components.train(config, run_dir, resume is not None, errors, overwrite)
+    if final is None:  # stopped by a signal, checkpointed; the advice was printed
+        return
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         console.print(f"done: {final}")
 

@@ -219,12 +219,22 @@ def trained_module(
 
 def train(
     config: RunConfig, run_dir: Path, resume: bool, console: Console, overwrite: bool = False
-) -> Path:
-    """Run (or continue) training into ``run_dir``; returns the path of ``final/``. Under
+) -> Path | None:
+    """Run (or continue) training into ``run_dir``; returns the path of ``final/``, or None when
+    SIGTERM or SIGINT stopped it after a checkpointed step (it says how to continue). Under
     ``torchrun`` every rank runs this (see ``trainer.distributed``); rank 0 writes."""
     world = distributed.setup()
     try:
         return train_on(world, config, run_dir, resume, console, overwrite)
+    except loop.Interrupted as stopped:
+        if world.main:
+            console.print(
+                f"stopped by {stopped.signal_name} after step {stopped.step}, checkpointed; "
+                f"continue with: icrl train --resume {run_dir}",
+                soft_wrap=True,
+                highlight=False,
+            )
+        return None
     finally:
         distributed.teardown(world)
 

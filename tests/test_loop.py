@@ -369,3 +369,32 @@ def test_a_fresh_run_never_mixes_with_an_old_one(tiny_dir, tmp_path):
     assert proc.returncode == 0, err
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1]
     assert not (run / "checkpoints").exists()  # the old run's step-2 went with it
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_resume_repeats_the_run(tiny_dir, tmp_path):
+    """SIGTERM during step 2 of 4 (no checkpoint schedule): the run finishes step 2, writes a
+    checkpoint, exits 0 with how to continue; --resume then ends with the uninterrupted run's
+    metrics."""
+    args = ["--algo", "grpo", "--set", "train.save_every=0"]
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    proc = icrl(*train_args(reference, 4), *args)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    proc = icrl(*train_args(stopped, 4), *args)
+    deadline = time.monotonic() + 300
+    while not (stopped / "metrics.jsonl").is_file() or not (stopped / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # step 2 is under way (or step 1 is just ending)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    (line,) = [x for x in err.splitlines() if x.startswith("stopped by SIGTERM")]
+    step = int(line.split("after step ")[1].split(",")[0])
+    assert step in (1, 2)
+    assert line.endswith(f"checkpointed; continue with: icrl train --resume {stopped}")
+    assert [p.name for p in (stopped / "checkpoints").iterdir()] == [f"step-{step}"]
+    assert not (stopped / "final").exists()
+    proc = icrl("train", "--resume", str(stopped))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert reproducible(stopped / "metrics.jsonl") == reproducible(reference / "metrics.jsonl")

@@ -14,6 +14,8 @@ import functools
 import json
 import random
 import resource
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +34,38 @@ from icrl_cli.rollout.metrics import episode_metrics, session_metrics
 from icrl_cli.rollout.samples import Sample
 from icrl_cli.trainer import checkpoints, distributed, reporting
 from icrl_cli.trainer.step import QuerySampler, StepOutcome, Trainee, train_step
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT stopped the run after a whole step, checkpointed."""
+
+    def __init__(self, step: int, signal_name: str) -> None:
+        super().__init__(f"{signal_name} after step {step}")
+        self.step, self.signal_name = step, signal_name
+
+
+class StopSignals:
+    """SIGTERM and SIGINT ask the run to stop after the step in flight (a job scheduler's grace
+    period, a Ctrl-C); a second SIGINT stops at once. Only the main thread may install them."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGTERM, signal.SIGINT):
+                self.previous[number] = signal.signal(number, self.handle)
+        return self
+
+    def handle(self, number: int, _frame: Any) -> None:
+        if self.received and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(number).name
+
+    def __exit__(self, *_exc: object) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
 
 @dataclass
@@ -256,7 +290,12 @@ def fit(
     metrics_file: TextIO | contextlib.nullcontext[None]
     metrics_file = metrics_path.open("a") if world.main else contextlib.nullcontext()
     trackers = reporting.open_reporters(config, run_dir, counters.step) if world.main else []
-    with progress_bar(console, world.main) as progress, metrics_file, closing_all(trackers):
+    with (
+        StopSignals() as stop,
+        progress_bar(console, world.main) as progress,
+        metrics_file,
+        closing_all(trackers),
+    ):
         bar = progress.add_task("train", total=config.train.steps, completed=counters.step, info="")
         for step in range(counters.step + 1, config.train.steps + 1):
             timeouts_before = grading.timeouts()
@@ -277,9 +316,14 @@ def fit(
                     tracker.metrics(step, record)
                     if sampled:
                         tracker.samples(step, reporting.session_rows(samples))
-            if config.train.save_every and step % config.train.save_every == 0:
+            saved = bool(config.train.save_every) and step % config.train.save_every == 0
+            if saved:
                 save(trainee, sampler, run_dir, counters)
             progress.update(bar, advance=1, info=progress_info(record, counters))
+            if world.max(int(stop.received is not None)):  # every rank stops at the same step
+                if not saved:
+                    save(trainee, sampler, run_dir, counters)
+                raise Interrupted(step, stop.received or "a signal on another rank")
     final = run_dir / "final"
     if world.main:
         model, state = final_model(trainee)
