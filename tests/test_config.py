@@ -135,3 +135,9 @@ def test_a_setting_that_contradicts_the_algorithm_is_refused_and_others_are_kept
         "token_tis",
         "clipped",
     )
+
+
+@pytest.mark.parametrize("override", ["train.lr=inf", "algo.w_max=nan", "algo.eps_high=-inf"])
+def test_non_finite_numbers_are_refused(override):
+    with pytest.raises(ConfigError, match="finite number"):
+        resolve("tiny-math", [override])

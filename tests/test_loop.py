@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from icrl_cli.config import resolve
 from icrl_cli.models import load_model
+from icrl_cli.trainer import checkpoints
 
 SMALL = [
     "train.queries_per_step=4",
@@ -229,8 +230,10 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(tiny_dir, tmp_path, nam
     proc = icrl(*train_args(run, 2), "--algo", "grpo")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    planted = tmp_path / "planted"
-    torch.save([WritesAFile(planted)], run / "checkpoints" / "step-2" / name)
+    planted, checkpoint = tmp_path / "planted", run / "checkpoints" / "step-2"
+    torch.save([WritesAFile(planted)], checkpoint / name)
+    # A whole forged checkpoint: its manifest matches the planted file.
+    checkpoints.write_manifest(checkpoint)
     proc = icrl("train", "--resume", str(run), "--steps", "3")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2
