@@ -52,6 +52,19 @@ def icrl(*args: str, **kwargs) -> subprocess.Popen:
     )
 
 
+def wait_until(proc: subprocess.Popen, ready, what: str, seconds: float = 300) -> None:
+    """Poll ``ready()`` while the run ``proc`` is still going, up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not ready():
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {seconds} s"
+        time.sleep(0.02)
+
+
+def lines_in(path: Path) -> int:
+    return path.read_text().count("\n") if path.exists() else 0
+
+
 def train_args(run_dir: Path, steps: int) -> list[str]:
     args = ["train", "--preset", "tiny-math", "--steps", str(steps), "--output-dir", str(run_dir)]
     for item in SMALL:
@@ -96,11 +109,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tiny_dir, tmp_pat
 
     killed = tmp_path / "killed"
     proc = icrl(*train_args(killed, steps))
-    deadline = time.monotonic() + 300
-    while not (killed / "checkpoints" / "step-2").is_dir():
-        assert proc.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until(proc, (killed / "checkpoints" / "step-2").is_dir, "its first checkpoint")
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
     done = len((killed / "metrics.jsonl").read_text().splitlines())
@@ -170,10 +179,7 @@ def test_training_goes_on_when_the_environment_server_dies(tiny_dir, tmp_path):
     run = tmp_path / "run"
     proc = icrl("train", "--preset", str(preset), "--output-dir", str(run))
     metrics = run / "metrics.jsonl"
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
-        assert proc.poll() is None, proc.communicate()[1]
-        assert time.monotonic() < deadline + 240
-        time.sleep(0.05)
+    wait_until(proc, lambda: lines_in(metrics) >= 1, "its first metrics line", 240)
     server.kill()
     server.communicate()
     _, err = proc.communicate(timeout=300)
@@ -384,10 +390,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_resume_repeats_the_run(tiny_d
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     proc = icrl(*train_args(stopped, 4), *args)
-    deadline = time.monotonic() + 300
-    while not (stopped / "metrics.jsonl").is_file() or not (stopped / "metrics.jsonl").read_text():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(proc, lambda: lines_in(stopped / "metrics.jsonl") >= 1, "its first metrics line")
     proc.send_signal(signal.SIGTERM)  # step 2 is under way (or step 1 is just ending)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err

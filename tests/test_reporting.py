@@ -5,11 +5,10 @@ import json
 import signal
 import struct
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from test_loop import icrl, train_args
+from test_loop import icrl, train_args, wait_until
 
 from icrl_cli.config import ConfigError, resolve
 from icrl_cli.trainer import reporting
@@ -49,10 +48,7 @@ def test_a_resumed_run_logs_each_step_once(tiny_dir, tmp_path):
     args = [*train_args(run, 6), "--set", 'train.report_to=["tensorboard"]', "--algo", "grpo"]
     args += ["--set", "train.save_every=3"]
     proc = icrl(*args)
-    deadline = time.monotonic() + 300
-    while not (run / "checkpoints" / "step-3").is_dir():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(proc, (run / "checkpoints" / "step-3").is_dir, "its step-3 checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc = icrl("train", "--resume", str(run))
