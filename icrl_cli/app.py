@@ -255,6 +255,7 @@ DATA_HELP = "Math data: synthetic (default), gsm8k, math500, a file or hf:REPO."
 SPLIT_HELP = "Split (default: test, else the first eval split, else the only one)."
 CRITIC_HELP = "self, rule, a model id or directory, or http(s)://HOST:PORT/v1#MODEL."
 CRITIC_BUDGET_HELP = "Tokens per critique (default: algo.critic_max_new_tokens, 1024)."
+BACKEND_HELP = "Generation backend: hf or vllm (generation.backend; the vllm extra)."
 
 
 @app.command("eval")
@@ -291,6 +292,9 @@ def eval_(
         None
     ),
     seed: Annotated[int, typer.Option()] = 0,
+    backend: Annotated[
+        str | None, typer.Option(help=BACKEND_HELP + " (default: the preset's, else hf)")
+    ] = None,
 ) -> None:
     """Critique-free success and pass@k; with --rounds R, success after each round of critique."""
     from icrl_cli.components import make_environment
@@ -325,6 +329,7 @@ def eval_(
         samples=samples,
         critic_max_new_tokens=critic_max_new_tokens or chosen.critic_max_new_tokens,
         turns=chosen.turns,
+        generation={**chosen.generation, **({"backend": backend} if backend else {})},
     )
     for table in eval_tables(result):
         console.print(table)
@@ -400,6 +405,7 @@ def critique_compare(
         None
     ),
     seed: Annotated[int, typer.Option()] = 0,
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "hf",
 ) -> None:
     """Critics on the same attempts: fix and break rates, Δ success, critique tokens, time."""
     from icrl_cli.components import make_environment
@@ -422,6 +428,7 @@ def critique_compare(
         temperature,
         seed,
         critic_max_new_tokens,
+        backend,
     )
     console.print(compare_table(result))
     if output is not None:

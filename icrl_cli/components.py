@@ -22,7 +22,8 @@ from environments import Environment
 from icrl_cli import adapters, models, tiny
 from icrl_cli.config import ConfigError, GenerationConfig, RunConfig, to_toml
 from icrl_cli.generation import GenerationBackend
-from icrl_cli.generation.hf import HFBackend
+from icrl_cli.generation.hf import HFBackend, stop_token_ids
+from icrl_cli.generation.vllm_engine import EngineSettings, VLLMBackend, VLLMUnavailable
 from icrl_cli.models import ModelLoadError
 from icrl_cli.rollout.critics import (
     SPEC_FORMS,
@@ -36,7 +37,7 @@ from icrl_cli.rollout.critics import (
 from icrl_cli.rollout.prompts import Prompts
 from icrl_cli.rollout.settings import SessionSettings
 from icrl_cli.trainer import checkpoints, distributed, loop
-from icrl_cli.trainer.step import QuerySampler, Trainee, sync_sampler
+from icrl_cli.trainer.step import QuerySampler, Trainee, push_weights
 
 
 def resolve_model_name(name: str) -> str:
@@ -65,12 +66,31 @@ def environment(config: RunConfig) -> Environment:
 
 
 def make_backend(
-    generation: GenerationConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+    generation: GenerationConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    trust_remote_code: bool = False,
 ) -> GenerationBackend:
-    """The sampler ``generation.backend`` names, over ``model``'s weights."""
+    """The sampler ``generation.backend`` names, over ``model``'s weights: the model itself
+    (hf), or a vLLM engine loaded from where ``model`` was loaded from, in its dtype."""
     if generation.backend == "hf":
         return HFBackend(model, tokenizer, generation.batch_size)
-    raise ConfigError(f"generation.backend '{generation.backend}' is not built yet")
+    settings = EngineSettings(
+        model=model.name_or_path,
+        dtype=model.dtype,
+        max_model_len=generation.context_tokens,
+        gpu_memory_utilization=generation.gpu_memory_utilization,
+        kv_cache_gib=generation.kv_cache_gib,
+        enforce_eager=generation.enforce_eager,
+        enable_prefix_caching=generation.enable_prefix_caching,
+        max_num_seqs=generation.max_num_seqs,
+        sleep_mode=generation.sleep_mode,
+        trust_remote_code=trust_remote_code,
+    )
+    try:
+        return VLLMBackend(settings, stop_token_ids(model, tokenizer))
+    except VLLMUnavailable as err:
+        raise ConfigError(str(err)) from None
 
 
 @dataclass
@@ -94,7 +114,7 @@ def load_policy(config: RunConfig, source: str | None = None) -> Policy:
     return Policy(
         model,
         tokenizer,
-        make_backend(config.generation, model, tokenizer),
+        make_backend(config.generation, model, tokenizer, spec.trust_remote_code),
         Prompts.resolve(config.prompts.model_dump(), resolve_model_name(spec.name)),
         SessionSettings.from_config(config, getattr(model.config, "max_position_embeddings", None)),
     )
@@ -130,7 +150,7 @@ def build_critic(
         raise ModelLoadError(f"critic '{spec.text}': {err} (a critic is {SPEC_FORMS})") from None
     model.eval().requires_grad_(False)
     prompts = Prompts.resolve(config.prompts.model_dump(), resolve_model_name(spec.model))
-    backend = make_backend(config.generation, model, tokenizer)
+    backend = make_backend(config.generation, model, tokenizer, config.model.trust_remote_code)
     return ModelCritic(backend, tokenizer, prompts, settings, trainable=False)
 
 
@@ -149,6 +169,8 @@ def trainee(
     if train:
         spec = config.model
         trained = trained_module(config, policy.model, world, source)
+        if spec.lora is not None and source:  # a resumed run's adapters, before the first rollout
+            push_weights(trained, policy.model, policy.backend)
         if config.algo.kl_coef > 0:
             ref_model, _ = load_model(spec.name, spec.device, spec.dtype, spec.trust_remote_code)
             ref_model.eval().requires_grad_(False)
@@ -211,7 +233,6 @@ def trained_module(
         saved = Path(source) / adapters.ADAPTER_DIR if source else None
         with torch.random.fork_rng(devices=[]):  # the adapters' init leaves sampling's draws alone
             trained = adapters.attach(trained, spec.lora, saved)
-        sync_sampler(trained, model)  # a resumed run's adapters, before the first rollout
     if world.size > 1:
         trained = distributed.shard_for_update(trained, compute_dtype=model.dtype)
     return trained
@@ -249,6 +270,11 @@ def train_on(
 ) -> Path:
     """``train`` as this rank of ``world``. A fresh run never mixes with a run already in
     ``run_dir``: that is refused, unless ``overwrite`` clears it first."""
+    if config.generation.backend == "vllm" and world.size > 1:
+        raise ConfigError(
+            "generation.backend = 'vllm' under torchrun is not built yet; train with vLLM in "
+            "one process, or with the hf backend under torchrun"
+        )
     if config.train.queries_per_step % world.size:
         raise ConfigError(
             f"train.queries_per_step ({config.train.queries_per_step}) must be a multiple "

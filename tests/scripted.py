@@ -31,7 +31,10 @@ class ScriptedBackend:
             outputs.append(Generation(ids, [-1.0] * len(ids), "stop"))
         return outputs
 
-    def sync_weights(self):
+    def sleep(self):
+        return None
+
+    def sync_weights(self, weights):
         return None
 
 
@@ -61,7 +64,10 @@ class QueueBackend:
             )
         return outputs
 
-    def sync_weights(self):
+    def sleep(self):
+        return None
+
+    def sync_weights(self, weights):
         return None
 
 

@@ -10,8 +10,8 @@ from icrl_cli.trainer.batch import collate
 from icrl_cli.trainer.logprobs import response_logprobs
 
 
-def _prompts(tokenizer):
-    texts = ["12+34", "5+6", "99+1+7"]
+def chat_prompts(tokenizer, texts=("12+34", "5+6", "99+1+7")):
+    """Each text as a user turn in the model's chat template, token ids ready to sample from."""
     return [
         tokenizer.encode(
             tokenizer.apply_chat_template(
@@ -34,7 +34,7 @@ def _full_forward_logprobs(model, prompt, response):
 def test_logprobs_match_a_full_forward(random_tiny):
     model, tokenizer = random_tiny
     backend = HFBackend(model, tokenizer)
-    prompts = _prompts(tokenizer)
+    prompts = chat_prompts(tokenizer)
     torch.manual_seed(1)
     outs = backend.generate(prompts, max_new_tokens=8, temperature=1.0)
     for prompt, out in zip(prompts, outs, strict=True):
@@ -45,7 +45,7 @@ def test_logprobs_match_a_full_forward(random_tiny):
 
 def test_temperature_scales_the_logprobs(random_tiny):
     model, tokenizer = random_tiny
-    prompt = _prompts(tokenizer)[0]
+    prompt = chat_prompts(tokenizer)[0]
     torch.manual_seed(2)
     out = HFBackend(model, tokenizer).generate([prompt], max_new_tokens=4, temperature=0.5)[0]
     ids = torch.tensor([prompt + out.token_ids])
@@ -75,7 +75,7 @@ def test_sampling_is_not_truncated_to_the_top_k(random_tiny):
         lambda _module, _inp, out: logits.expand_as(out).clone()
     )
     torch.manual_seed(4)
-    outs = HFBackend(model, tokenizer).generate(_prompts(tokenizer) * 16, max_new_tokens=11)
+    outs = HFBackend(model, tokenizer).generate(chat_prompts(tokenizer) * 16, max_new_tokens=11)
     hook.remove()
     drawn = {t for o in outs for t in o.token_ids}
     assert len(drawn) > 80
@@ -88,7 +88,7 @@ def test_rows_that_stop_early_leave_the_batch_without_disturbing_the_others(rand
     """EOS made likely: rows stop at different steps and leave the batch and its KV cache; every
     response's log-probs must still be those of a full forward of its own prompt."""
     model, tokenizer = random_tiny
-    prompts = _prompts(tokenizer) * 4
+    prompts = chat_prompts(tokenizer) * 4
     hook = _bias_token(model, tokenizer.eos_token_id, 4.0)
     torch.manual_seed(5)
     outs = HFBackend(model, tokenizer).generate(prompts, max_new_tokens=10)
@@ -114,7 +114,7 @@ def test_stops_at_eos_or_at_the_token_budget(random_tiny):
     model, tokenizer = random_tiny
     eos = tokenizer.eos_token_id
     backend = HFBackend(model, tokenizer)
-    prompts = _prompts(tokenizer)
+    prompts = chat_prompts(tokenizer)
     hook = _bias_token(model, eos, 100.0)
     outs = backend.generate(prompts, max_new_tokens=6)
     hook.remove()
@@ -128,7 +128,7 @@ def test_stops_at_eos_or_at_the_token_budget(random_tiny):
 def test_batched_greedy_equals_one_at_a_time(random_tiny):
     model, tokenizer = random_tiny
     backend = HFBackend(model, tokenizer)
-    prompts = _prompts(tokenizer)
+    prompts = chat_prompts(tokenizer)
     batched = backend.generate(prompts, max_new_tokens=6, temperature=0.0)
     for prompt, out in zip(prompts, batched, strict=True):
         alone = backend.generate([prompt], max_new_tokens=6, temperature=0.0)[0]
@@ -137,7 +137,7 @@ def test_batched_greedy_equals_one_at_a_time(random_tiny):
 
 def test_training_forward_sees_exactly_the_sampled_tokens(random_tiny):
     model, tokenizer = random_tiny
-    prompts = _prompts(tokenizer)
+    prompts = chat_prompts(tokenizer)
     torch.manual_seed(3)
     outs = HFBackend(model, tokenizer).generate(prompts, max_new_tokens=7)
     samples = [
@@ -164,7 +164,7 @@ def test_the_trainer_scores_the_distribution_the_sampler_drew_from(random_tiny, 
     """First attempts (the same context on both sides): the trainer's log-probs under the run's
     temperature and nucleus equal the sampler's to 1e-5 in float32."""
     model, tokenizer = random_tiny
-    prompts = _prompts(tokenizer) * 3
+    prompts = chat_prompts(tokenizer) * 3
     torch.manual_seed(6)
     outs = HFBackend(model, tokenizer).generate(
         prompts, max_new_tokens=9, temperature=temperature, top_p=top_p

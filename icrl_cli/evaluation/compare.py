@@ -124,6 +124,7 @@ def compare_critics(
     temperature: float = 1.0,
     seed: int = 0,
     critic_max_new_tokens: int | None = None,
+    backend: str = "hf",
 ) -> CompareResult:
     """Round 1 once (seeded), then each critic in turn continues the same sessions; every
     critic's revisions of round r are sampled from the same seed (``seed + r``)."""
@@ -139,6 +140,7 @@ def compare_critics(
         max_new_tokens,
         temperature,
         critic_max_new_tokens=critic_max_new_tokens,
+        generation={"backend": backend},
     )
     policy = load_policy(config)
     backend, tokenizer, prompts = policy.backend, policy.tokenizer, policy.prompts

@@ -4,6 +4,7 @@ overall and per task type, and what the revisions and critiques cost in tokens."
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -56,6 +57,8 @@ class PresetMeasurement:
     temperature: float = 1.0
     critic_max_new_tokens: int | None = None
     turns: dict[str, int] = field(default_factory=dict)
+    # [generation]'s other settings: the backend and its engine settings.
+    generation: dict[str, Any] = field(default_factory=dict)
 
 
 def preset_measurement(
@@ -78,6 +81,9 @@ def preset_measurement(
         temperature=config.generation.temperature,
         critic_max_new_tokens=config.algo.critic_max_new_tokens,
         turns=config.env.turn_limits(),
+        generation=config.generation.model_dump(
+            exclude={"max_new_tokens", "temperature", "context_tokens"}
+        ),
     )
 
 
@@ -92,11 +98,13 @@ def measurement_config(
     enable_thinking: bool = False,
     critic_max_new_tokens: int | None = None,
     turns: dict[str, int] | None = None,
+    generation: dict[str, Any] | None = None,
 ) -> RunConfig:
     """The run settings a measurement samples under: the defaults of a run, with this model,
-    these rounds and gate, these generation settings (the critique budget is the run
-    default, ``algo.critic_max_new_tokens``, unless given) and multi-turn limits (``turns``:
-    ``env`` keys)."""
+    these rounds and gate, these generation settings (``generation``: any other
+    ``[generation]`` key, such as the backend; the critique budget is the run default,
+    ``algo.critic_max_new_tokens``, unless given) and multi-turn limits (``turns``: ``env``
+    keys)."""
     budget = {"critic_max_new_tokens": critic_max_new_tokens} if critic_max_new_tokens else {}
     return build_config(
         {
@@ -109,9 +117,10 @@ def measurement_config(
                 **budget,
             },
             "generation": {
+                "batch_size": batch_size,
+                **(generation or {}),
                 "max_new_tokens": max_new_tokens,
                 "temperature": temperature,
-                "batch_size": batch_size,
             },
         }
     )
@@ -197,6 +206,9 @@ class EvalResult:
     break_rate: float | None  # ungated only: revisions of a success that failed
     temperature: float
     seed: int
+    backend: str = "hf"
+    seconds: float = 0.0  # the sessions' wall time, model loading excluded
+    tokens_per_s: float = 0.0  # every generated token (attempts and critiques) per second
     by_task_type: dict[str, SuccessCurve] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -248,6 +260,7 @@ def evaluate(
     samples: int = 1,
     critic_max_new_tokens: int | None = None,
     turns: dict[str, int] | None = None,
+    generation: dict[str, Any] | None = None,
 ) -> EvalResult:
     """k = ``samples`` sessions on each of the first ``limit`` tasks of ``split``, each with up
     to ``rounds`` attempts; after a failed attempt (every attempt, ungated) ``critic`` writes a
@@ -267,14 +280,18 @@ def evaluate(
         enable_thinking,
         critic_max_new_tokens,
         turns,
+        generation,
     )
     policy = load_policy(config)
     settings = replace(policy.settings, sessions_per_query=samples)
     critic_ = build_critic(config, policy, spec, settings)
     torch.manual_seed(seed)
+    started = time.perf_counter()
     outcome = run_sessions(
         policy.backend, policy.tokenizer, env, tasks, settings, policy.prompts, critic_
     )
+    seconds = time.perf_counter() - started
+    generated = sum(len(s.response_ids) for s in outcome)
     return summarize(
         outcome,
         tasks,
@@ -288,6 +305,9 @@ def evaluate(
         critic=spec.text if rounds > 1 else None,
         temperature=temperature,
         seed=seed,
+        backend=config.generation.backend,
+        seconds=round(seconds, 3),
+        tokens_per_s=round(generated / seconds, 1) if seconds > 0 else 0.0,
     )
 
 
@@ -321,6 +341,7 @@ def eval_tables(result: EvalResult) -> list[Table]:
         tokens = result.critique_tokens_mean
         table.add_row("critique_tokens_mean", "–" if tokens is None else f"{tokens:.1f}")
     table.add_row("response_tokens_mean", f"{result.response_tokens_mean:.1f}")
+    table.add_row(f"generated tokens/s ({result.backend})", f"{result.tokens_per_s:.1f}")
     tables = [table]
     if result.by_task_type:
         columns = ["task type", "tasks", "round 1", f"pass@{k}"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -29,8 +30,15 @@ class GenerationBackend(Protocol):
         """One response per prompt (repeat a prompt to get several samples of it)."""
         ...
 
-    def sync_weights(self) -> None:
-        """Make the backend sample from the trainer's current weights."""
+    def sleep(self) -> None:
+        """Free what the backend holds on the accelerator while the trainer updates (a backend
+        that shares the trainer's weights, or holds nothing there, has nothing to free)."""
+        ...
+
+    def sync_weights(self, weights: Callable[[], Mapping[str, torch.Tensor]]) -> None:
+        """Make the backend sample from the trainer's current weights: ``weights()`` gives the
+        sampling model's state under its own parameter names, called only by a backend that
+        holds a copy of it."""
         ...
 
 

@@ -10,6 +10,7 @@ defaults, so that the returned log-probs describe the distribution the tokens we
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -48,7 +49,10 @@ class HFBackend:
         parameters = inspect.signature(model.forward).parameters
         self.cache_arg = "cache" if "cache" in parameters else "past_key_values"
 
-    def sync_weights(self) -> None:
+    def sleep(self) -> None:
+        return None
+
+    def sync_weights(self, weights: Callable[[], Mapping[str, torch.Tensor]]) -> None:
         return None
 
     @torch.no_grad()

@@ -12,15 +12,18 @@ do and the backend cannot sample a policy that is being trained. Log-probs are t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
 from icrl_cli.generation.base import Generation
 from icrl_cli.models import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
 
 TOKEN_ID_PREFIX = "token_id:"
 T = TypeVar("T")
@@ -66,7 +69,10 @@ class OpenAIBackend:
         self.enable_thinking = enable_thinking
         self._http = httpx.Client(timeout=timeout)
 
-    def sync_weights(self) -> None:
+    def sleep(self) -> None:
+        return None
+
+    def sync_weights(self, weights: Callable[[], Mapping[str, torch.Tensor]]) -> None:
         return None
 
     def generate(

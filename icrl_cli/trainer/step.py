@@ -200,10 +200,27 @@ def update(trainee: Trainee, batch: list[Sample]) -> UpdateStats:
     assert t.trained is not None and t.optimizer is not None, "this trainee does not train"
     if not t.world.sum([len(batch)])[0]:
         return UpdateStats.skipped_step()
+    t.backend.sleep()
     stats = policy_update(t.trained, t.ref_model, t.optimizer, batch, t.config, t.pad_id, t.world)
-    sync_sampler(t.trained, t.model)
-    t.backend.sync_weights()
+    push_weights(t.trained, t.model, t.backend)
     return stats
+
+
+def push_weights(
+    trained: torch.nn.Module, model: PreTrainedModel, backend: GenerationBackend
+) -> None:
+    """The trained weights to the sampling model (``sync_sampler``), and from it to the
+    backend's own copy when it keeps one (vLLM's engine)."""
+    sync_sampler(trained, model)
+    backend.sync_weights(lambda: sampler_state(trained, model))
+
+
+def sampler_state(trained: torch.nn.Module, model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """The sampling model's weights under the plain model's parameter names: with adapters
+    injected into it, its base with the adapters merged (computed aside)."""
+    if adapters.is_adapted(trained) and trained.get_base_model() is model:
+        return adapters.merged_state(trained)
+    return model.state_dict()
 
 
 def sync_sampler(trained: torch.nn.Module, model: PreTrainedModel) -> None:
