@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 import environments
-from environments import EnvError
+from icrl_cli.app_support import (
+    BACKEND_HELP,
+    CRITIC_BUDGET_HELP,
+    CRITIC_HELP,
+    DATA_HELP,
+    ENV_HELP,
+    MODEL_HELP,
+    SPLIT_HELP,
+    Host,
+    MaxRequestMb,
+    errors,
+    user_errors,
+)
 from icrl_cli.config import ConfigError, RunConfig, list_presets, load_run_config, resolve, to_toml
-from icrl_cli.models import ModelLoadError
-from icrl_cli.report import ReportError
-from icrl_cli.trainer.checkpoints import CheckpointError
 
 app = typer.Typer(
     name="icrl",
@@ -30,7 +36,6 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-errors = Console(stderr=True)
 DEFAULT_PRESET = "tiny-math"
 # Without --preset, --env E starts from E's embedded tiny preset, or from the bare defaults
 # for an environment that has none (a preset's env options belong to its own environment).
@@ -42,23 +47,6 @@ def base_preset(preset: str | None, env: str | None) -> str | None:
     if preset is not None:
         return preset
     return DEFAULT_PRESET if env is None else ENV_PRESETS.get(env)
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(fn: F) -> F:
-    """A user's mistake becomes one red line on stderr and exit code 2, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (ConfigError, EnvError, ModelLoadError, ReportError, CheckpointError) as err:
-            errors.print(Text("error: ", style="red") + Text(str(err)), soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def flag_overrides(set_: list[str] | None, flags: dict[str, Any]) -> list[str]:
@@ -191,37 +179,44 @@ app.add_typer(env_app, name="env")
 @user_errors
 def env_serve(
     name: Annotated[str, typer.Argument(help="A registered environment, e.g. household.")],
-    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean it.")] = (
-        "127.0.0.1"
-    ),
+    host: Host = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 36001,
+    max_envs: Annotated[
+        int, typer.Option(min=1, help="Environment ids open at once; /create refuses more.")
+    ] = 1024,
+    idle_timeout: Annotated[
+        float, typer.Option(min=0.0, help="Seconds after which an unused id may be reclaimed.")
+    ] = 600.0,
+    max_request_mb: MaxRequestMb = 1.0,
 ) -> None:
     """Serve NAME over AgentGym's original API (create / reset / step, /close, /health)."""
     from environments.agentgym import serve
 
     environments.make(name)  # an unknown name fails here, with the valid ones listed
     errors.print(f"serving {name} on http://{host}:{port}")
-    serve(name, host=host, port=port)
+    limits = {"max_envs": max_envs, "idle_seconds": idle_timeout}
+    serve(name, host=host, port=port, max_body_bytes=int(max_request_mb * 2**20), **limits)
 
 
 @app.command("serve")
 @user_errors
 def serve_model(
-    model: Annotated[
-        str, typer.Option(help="Model: tiny, a run's final/, a hub id or a directory.")
-    ],
-    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean it.")] = (
-        "127.0.0.1"
-    ),
+    model: Annotated[str, typer.Option(help=MODEL_HELP)],
+    host: Host = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1…")] = "auto",
+    max_request_mb: MaxRequestMb = 8.0,
+    max_sequences: Annotated[
+        int, typer.Option(min=1, help="Refuse requests for more sequences (prompts × n).")
+    ] = 256,
 ) -> None:
     """Serve MODEL over OpenAI's API: /v1/models, /v1/completions, /v1/chat/completions."""
     from icrl_cli.components import load_model
-    from icrl_cli.server.serve import ServedModel, serve
+    from icrl_cli.server.serve import Limits, ServedModel, serve
 
     loaded, tokenizer = load_model(model, device=device)
-    serve(ServedModel(model, loaded, tokenizer), host=host, port=port)
+    limits = Limits(int(max_request_mb * 2**20), max_sequences)
+    serve(ServedModel(model, loaded, tokenizer, limits), host=host, port=port)
 
 
 @app.command()
@@ -247,15 +242,6 @@ def report(
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-MODEL_HELP = "Model: tiny, a run's final/, a hub id or a directory."
-ENV_HELP = "Environment name (math, household, …)."
-DATA_HELP = "Math data: synthetic (default), gsm8k, math500, a file or hf:REPO."
-SPLIT_HELP = "Split (default: test, else the first eval split, else the only one)."
-CRITIC_HELP = "self, rule, a model id or directory, or http(s)://HOST:PORT/v1#MODEL."
-CRITIC_BUDGET_HELP = "Tokens per critique (default: algo.critic_max_new_tokens, 1024)."
-BACKEND_HELP = "Generation backend: hf or vllm (generation.backend; the vllm extra)."
 
 
 @app.command("eval")

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("icrl_cli", "environments", "presets")
 # Top first; a module belongs to the longest prefix that names it.
 LAYERS: list[tuple[str, ...]] = [
-    ("icrl_cli.app", "icrl_cli.__main__"),
+    ("icrl_cli.app", "icrl_cli.app_support", "icrl_cli.__main__"),
     ("icrl_cli.evaluation", "icrl_cli.server", "icrl_cli.report"),
     ("icrl_cli.components",),
     ("icrl_cli.trainer", "icrl_cli.tiny"),

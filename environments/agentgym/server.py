@@ -1,10 +1,16 @@
-"""An AgentGym-compatible HTTP server (original ALFWorld API) for any multi-turn environment."""
+"""An AgentGym-compatible HTTP server (original ALFWorld API) for any multi-turn environment.
+
+Bounded: at most ``max_envs`` environment ids are open at once (ids idle for ``idle_seconds``
+are given back when a new one is asked for), and request bodies over ``max_body_bytes`` are
+refused unread (HTTP 413). Errors keep the original API's shape, ``{"error": message}``.
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,9 +18,13 @@ from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
 from environments.agentgym.client import WORLD_TYPES
+from environments.agentgym.limits import BodyLimit
 from environments.base import EnvError, Environment, Episode, Task, make, opening
 
 DEFAULT_PORT = 36001  # the port base of ICRL's README and AgentGym's launch line
+MAX_ENVS = 1024
+IDLE_SECONDS = 600.0
+MAX_BODY_BYTES = 2**20
 
 
 @dataclass
@@ -26,6 +36,7 @@ class Slot:
     info: dict[str, Any] = field(
         default_factory=lambda: {"done": False, "reward": 0, "deleted": False}
     )
+    used: float = field(default_factory=time.monotonic)  # when a request last named it
 
 
 def game_list(env: Environment, eval_split: str | None = None) -> list[Task]:
@@ -64,6 +75,8 @@ async def body_of(request: Request, fields: dict[str, type]) -> dict[str, Any]:
         body = json.loads(await request.body() or b"null")
     except ValueError as exc:
         raise BadRequest(f"Malformed JSON body: {exc}.") from None
+    except RecursionError:
+        raise BadRequest("Malformed JSON body: nested too deeply.") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     for name, kind in fields.items():
@@ -75,23 +88,49 @@ async def body_of(request: Request, fields: dict[str, type]) -> dict[str, Any]:
 
 
 class Registry:
-    """Every live environment id, allocated from 0 under a lock as the original server does."""
+    """Every live environment id, allocated from 0 under a lock as the original server does; at
+    most ``max_envs`` at once, the ones idle for ``idle_seconds`` given back to make room."""
 
-    def __init__(self, env: Environment, games: list[Task]):
+    def __init__(
+        self,
+        env: Environment,
+        games: list[Task],
+        max_envs: int = MAX_ENVS,
+        idle_seconds: float = IDLE_SECONDS,
+    ):
         self.env, self.games = env, games
+        self.max_envs, self.idle_seconds = max_envs, idle_seconds
         self.slots: dict[int, Slot] = {}
         self.lock = threading.Lock()
         self.ids = itertools.count()
+        self.expired = 0
 
     def create(self) -> int:
         with self.lock:
+            if len(self.slots) >= self.max_envs:
+                self._expire_idle()
+            if len(self.slots) >= self.max_envs:
+                raise BadRequest(
+                    f"{len(self.slots)} environments are open, the most this server keeps; "
+                    "close some with /close (ids idle for "
+                    f"{self.idle_seconds:g} s are closed to make room)."
+                )
             env_id = next(self.ids)
             self.slots[env_id] = Slot()
         return env_id
 
+    def _expire_idle(self) -> None:
+        cutoff = time.monotonic() - self.idle_seconds
+        idle = [env_id for env_id, slot in self.slots.items() if slot.used < cutoff]
+        for env_id in idle:
+            del self.slots[env_id]
+        self.expired += len(idle)
+
     def slot(self, env_id: int) -> Slot:
         with self.lock:
             slot = self.slots.get(env_id)
+            if slot is not None:
+                slot.used = time.monotonic()
         if slot is None:
             raise BadRequest(f"The id {env_id} is not valid.")
         return slot
@@ -157,13 +196,21 @@ class Registry:
             return dict(slot.info) if key is None else slot.info.get(key)
 
 
-def create_app(env_name: str, eval_split: str | None = None, **env_options: Any) -> FastAPI:
-    """A FastAPI app serving ``env_name`` (built with ``env_options``) over the original
-    AgentGym ALFWorld API, plus ``/close`` and ``/health``."""
+def create_app(
+    env_name: str,
+    eval_split: str | None = None,
+    *,
+    max_envs: int = MAX_ENVS,
+    idle_seconds: float = IDLE_SECONDS,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    **env_options: Any,
+) -> FastAPI:
+    """``env_name`` (built with ``env_options``) over AgentGym's API, within the limits."""
     env = make(env_name, **env_options)
-    registry = Registry(env, game_list(env, eval_split))
+    registry = Registry(env, game_list(env, eval_split), max_envs, idle_seconds)
     app = FastAPI(title=f"AgentGym {env_name}")
     app.state.registry = registry
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, error_body=lambda m: {"error": m})
 
     async def guarded(request: Request, fields: dict[str, type], handle: Any) -> Any:
         try:
@@ -182,8 +229,11 @@ def create_app(env_name: str, eval_split: str | None = None, **env_options: Any)
         return {"status": "ok", "service": env_name}
 
     @app.post("/create")
-    def create() -> dict[str, int]:
-        return {"id": registry.create()}
+    def create() -> dict[str, Any]:
+        try:
+            return {"id": registry.create()}
+        except BadRequest as exc:
+            return {"error": str(exc)}
 
     @app.post("/reset")
     async def reset(request: Request) -> Any:

@@ -34,7 +34,8 @@ class SamplingRequest(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # What torch's generator takes: a signed or unsigned 64-bit integer.
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     stream: bool = False
     return_tokens_as_token_ids: bool = False
     presence_penalty: float = 0.0

@@ -6,7 +6,8 @@ ids, ``return_tokens_as_token_ids`` renders log-prob tokens as ``token_id:N``, a
 ``chat_template_kwargs`` carries ``enable_thinking``. Log-probs are the HF backend's: of the
 sampling distribution, temperature and nucleus applied; at temperature 0 of the raw model.
 Requests are served one at a time (one model, one lock) in worker threads, so the event loop keeps
-answering while a generation runs.
+answering while a generation runs. What one request may ask for is bounded (``Limits``): its body
+size, checked before anything is read or tokenised, and its sequences (prompts × n).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
@@ -23,6 +25,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from environments.agentgym.limits import BodyLimit
 from icrl_cli.generation.base import Generation, sampling_scores
 from icrl_cli.generation.hf import HFBackend
 from icrl_cli.rollout.prompts import encode_prompt
@@ -49,6 +52,14 @@ from icrl_cli.server.schema import (
 # --- the model behind the endpoints -----------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for: its body in bytes, and its sequences (prompts × n)."""
+
+    max_body_bytes: int = 8 * 2**20
+    max_sequences: int = 256
+
+
 @dataclass
 class Sampled:
     """One choice: the generation (cut at a stop string), its text, and per token the ``k`` most
@@ -62,8 +73,15 @@ class Sampled:
 class ServedModel:
     """The model, its tokenizer and its backend, behind one lock."""
 
-    def __init__(self, name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+    def __init__(
+        self,
+        name: str,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        limits: Limits | None = None,
+    ):
         self.name, self.model, self.tokenizer = name, model.eval(), tokenizer
+        self.limits = limits or Limits()
         # The HF sampler: top log-probs need a forward pass of the same model (``alternatives``).
         self.backend = HFBackend(model, tokenizer)
         self.max_model_len = int(model.config.max_position_embeddings)
@@ -78,6 +96,17 @@ class ServedModel:
                 status=404,
                 param="model",
                 code="model_not_found",
+            )
+
+    def check_sequences(self, prompts: int, n: int) -> None:
+        """Refuse a request for more than ``limits.max_sequences`` sequences (before any is
+        tokenised)."""
+        if prompts * n > self.limits.max_sequences:
+            raise ApiError(
+                f"{prompts} prompts × n={n} asks for {prompts * n} sequences; this server "
+                f"generates at most {self.limits.max_sequences} per request",
+                param="n",
+                code="too_many_sequences",
             )
 
     def encode(self, prompt: str | list[int]) -> list[int]:
@@ -96,6 +125,7 @@ class ServedModel:
     ) -> list[Sampled]:
         """``request.n`` choices per prompt, prompt-major (choice i*n + j is prompt i's j-th);
         ``max_tokens`` None fills the context."""
+        self.check_sequences(len(prompts), request.n)
         # One batch shares one budget; with no max_tokens it is what the longest prompt leaves.
         budget = min(self.token_budget(prompt, max_tokens) for prompt in prompts)
         batch = [prompt for prompt in prompts for _ in range(request.n)]
@@ -249,6 +279,7 @@ def complete(served: ServedModel, request: CompletionRequest) -> CompletionRespo
         listed = raw  # type: ignore[assignment]
     if not listed:
         raise ApiError("the prompt is empty", param="prompt")
+    served.check_sequences(len(listed), request.n)
     prompts = [served.encode(p) for p in listed]
     choices = served.sample(prompts, request, request.max_tokens, request.logprobs)
     as_ids = request.return_tokens_as_token_ids
@@ -317,6 +348,22 @@ def create_app(served: ServedModel) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(_request: Request, _exc: RecursionError) -> JSONResponse:
+        return error_response(400, "the request body is nested too deeply")
+
+    def refusal(message: str) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "request_too_large",
+            }
+        }
+
+    app.add_middleware(BodyLimit, max_bytes=served.limits.max_body_bytes, error_body=refusal)
 
     @app.get("/health")
     def health() -> dict[str, str]:

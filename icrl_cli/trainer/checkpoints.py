@@ -8,6 +8,7 @@ so a kill never leaves a half-written checkpoint under its final name.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -54,12 +55,27 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     directory under the final name (readers ignore names that start with a dot)."""
     partial = target.parent / f".{target.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    write(partial)
+    try:
+        partial.mkdir(parents=True)
+        write(partial)
+    except BaseException as err:
+        # Nothing half-written stays behind; a full disk is said as such (torch's own writer
+        # reports it as a RuntimeError about file positions).
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(err, RuntimeError) and _nearly_full(target.parent):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from None
+        raise
     if target.exists():
         shutil.rmtree(target)
     os.replace(partial, target)
     return target
+
+
+def _nearly_full(directory: Path, margin: int = 64 * 2**20) -> bool:
+    try:
+        return shutil.disk_usage(directory).free < margin
+    except OSError:
+        return False
 
 
 def write_model(

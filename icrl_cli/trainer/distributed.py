@@ -104,7 +104,17 @@ def setup() -> World:
 
 
 def teardown(world: World) -> None:
+    """Leave the process group together: a rank that destroys it and exits while another is
+    still writing (rank 0 saves last) can abort in gloo's teardown. The wait is bounded, so a
+    rank whose peer died still leaves."""
     if world.size > 1 and dist.is_initialized():
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=datetime.timedelta(minutes=2))
+            else:
+                dist.barrier()
+        except RuntimeError:
+            pass  # a peer is gone; nothing is left to wait for
         dist.destroy_process_group()
 
 
