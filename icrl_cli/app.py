@@ -87,6 +87,13 @@ def train(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Start over in a run directory that holds a run.")
     ] = False,
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option(
+            "--trust-remote-code",
+            help="Allow --resume of a run whose config runs the model repository's own code.",
+        ),
+    ] = False,
 ) -> None:
     """Train with GRPO, ICRL or Critique-GRPO (default: the tiny model on synthetic math)."""
     from icrl_cli.config import with_overrides
@@ -106,6 +113,13 @@ def train(
             raise ConfigError(f"--resume {resume}: no config.toml there (not a run directory)")
         saved = load_run_config(resume / "config.toml")
         config = with_overrides(saved.model_dump(mode="json", exclude_none=True), overrides)
+        if saved.model.trust_remote_code and not trust_remote_code:
+            # A run directory may come from someone else; its config must not run code unasked.
+            raise ConfigError(
+                f"{resume / 'config.toml'} sets model.trust_remote_code, which runs code from "
+                f"the model's repository ({saved.model.name}); add --trust-remote-code to "
+                "continue it"
+            )
         run_dir = resume
     else:
         config = resolve(base_preset(preset, env), overrides)

@@ -110,6 +110,11 @@ def ensure_available(path: str) -> None:
 
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     path = resolve_model_name(name)
+    local = Path(path)
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise ModelLoadError(
+            f"'{path}' is a directory without config.json, not a Hugging Face model directory"
+        )
     ensure_available(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)

@@ -122,7 +122,10 @@ def load_run(run_dir: Path) -> Run:
         raise ReportError(f"{run_dir}: no such directory")
     if not metrics.is_file():
         raise ReportError(f"{run_dir}: no metrics.jsonl (not a run directory, or no step done)")
-    lines = metrics.read_text().splitlines()
+    try:
+        lines = metrics.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ReportError(f"{metrics}: not UTF-8 text (byte {err.start})") from None
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -142,8 +145,9 @@ def load_run(run_dir: Path) -> Run:
     config = run_dir / "config.toml"
     if config.is_file():
         try:
-            algo = str(tomllib.loads(config.read_text()).get("algo", {}).get("name", algo))
-        except tomllib.TOMLDecodeError:
+            text = config.read_text(encoding="utf-8")
+            algo = str(tomllib.loads(text).get("algo", {}).get("name", algo))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
             raise ReportError(f"{config}: not valid TOML") from None
     return Run(run_dir, algo, algo, records)
 

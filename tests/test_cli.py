@@ -158,3 +158,36 @@ def test_the_alfworld_preset_validates_its_servers_without_contacting_them():
     result = runner.invoke(app, ["train", "--preset", "qwen3-8b-alfworld", "--dry-run", *bad])
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_files_that_are_not_utf8_and_an_empty_model_directory_are_one_line(tmp_path):
+    preset = tmp_path / "bad.toml"
+    preset.write_bytes(b'[model]\nname = "\xff"\n')
+    data = tmp_path / "bad.jsonl"
+    data.write_bytes(b'{"question": "1+1", "answer": "2"}\n{"question": "\xfe", "answer": "1"}\n')
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_bytes(b'{"step": 1, "loss": "\xff"}\n')
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["train", "--preset", str(preset)], f"{preset}: not UTF-8 text (byte 16)"),
+        (["eval", "--model", "tiny", "--data", str(data)], "bad.jsonl:2: not UTF-8 text (byte 14)"),
+        (["report", str(run)], "metrics.jsonl: not UTF-8 text (byte 21)"),
+        (
+            ["eval", "--model", str(tmp_path / "empty")],
+            "is a directory without config.json, not a Hugging Face model directory",
+        ),
+    ]
+    for args, expected in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert expected in result.output.replace("\n", "")
+        assert "Traceback" not in result.output
+
+
+def test_resume_asks_before_running_a_models_own_code(tmp_path):
+    (tmp_path / "config.toml").write_text('[model]\nname = "tiny"\ntrust_remote_code = true\n')
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "sets model.trust_remote_code" in result.output
+    assert "add --trust-remote-code to continue it" in result.output.replace("\n", " ")

@@ -8,10 +8,12 @@ from scripted import PROMPTS, QueueBackend, icrl
 from session_settings import session_settings
 
 import environments
+from icrl_cli.components import make_environment
 from icrl_cli.evaluation.evaluate import (
     PresetMeasurement,
     by_task_type,
     default_split,
+    evaluate,
     pass_at_k,
     success_by_round,
     summarize,
@@ -209,3 +211,16 @@ def test_an_empty_dataset_is_one_line(tmp_path):
     result = icrl("eval --model tiny --data", empty)
     assert result.exit_code == 2, result.output
     assert len(result.output.strip().splitlines()) == 1 and "the dataset is empty" in result.output
+
+
+def test_a_prompt_longer_than_the_context_is_a_counted_skip(tiny_dir, tmp_path):
+    """The tiny model's context is 1024 tokens (one per character): a 2000-digit question is
+    not sampled, is left out of success, and is counted; the other two are measured."""
+    rows = [{"question": "1+1", "answer": "2"}, {"question": "9" * 2000, "answer": "9"}]
+    rows.append({"question": "2+2", "answer": "4"})
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    env = make_environment("math", str(data), {})
+    result = evaluate("tiny", env, "math", str(data), "train", max_new_tokens=8, device="cpu")
+    assert result.n == 3 and result.overlong_prompts == 1
+    assert result.response_tokens_mean > 0

@@ -370,3 +370,14 @@ def test_importing_environments_is_cheap():
     code = f"import sys, environments; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_grader_works_from_a_script_on_standard_input():
+    """The grading worker is a spawned process, which re-runs the parent's main script; a
+    script read from standard input names a file (``<stdin>``) that does not exist."""
+    script = 'from environments.math import grade\nprint(grade("\\\\boxed{0.5}", "1/2"))\n'
+    done = subprocess.run(
+        [sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "1.0"

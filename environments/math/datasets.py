@@ -72,14 +72,18 @@ def _row_to_task(
 
 
 def _rows_jsonl(path: Path) -> Iterable[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
             where = f"{path.name}:{number}"
             try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise EnvError(f"{where}: not UTF-8 text (byte {err.start})") from None
+            if not line.strip():
+                continue
+            try:
                 yield where, json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 raise EnvError(f"{where}: not valid JSON") from None
 
 

@@ -7,10 +7,13 @@ on huge powers, so the parent enforces a wall-clock limit and kills the worker w
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import re
+import sys
 import threading
+from collections.abc import Iterator
 from decimal import Decimal
 from multiprocessing.connection import Connection
 from typing import Any
@@ -132,6 +135,24 @@ def _serve(conn: Connection, memory_bytes: int) -> None:
 # ---------------------------------------------------------------- parent side
 
 
+@contextlib.contextmanager
+def _no_phantom_main_file() -> Iterator[None]:
+    """A spawned child re-runs the parent's main script from ``__main__.__file__``; a script
+    read from standard input (``<stdin>``) or some notebooks name a file that does not exist,
+    and the child dies on it. While the worker starts, such a name is hidden (the worker needs
+    nothing from the main script)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or os.path.isfile(path):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
 class _Worker:
     def __init__(self) -> None:
         # spawn: a forked child of a process running torch or threads can deadlock.
@@ -143,7 +164,8 @@ class _Worker:
             daemon=True,
             name="icrl-math-grader",
         )
-        self.process.start()
+        with _no_phantom_main_file():
+            self.process.start()
         child.close()
 
     def wait_ready(self) -> None:

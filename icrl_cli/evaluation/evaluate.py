@@ -207,6 +207,7 @@ class EvalResult:
     temperature: float
     seed: int
     backend: str = "hf"
+    overlong_prompts: int = 0  # attempts not sampled: the prompt filled the context
     seconds: float = 0.0  # the sessions' wall time, model loading excluded
     tokens_per_s: float = 0.0  # every generated token (attempts and critiques) per second
     by_task_type: dict[str, SuccessCurve] = field(default_factory=dict)
@@ -235,6 +236,7 @@ def summarize(
         critique_tokens_mean=metrics["critic/tokens_mean"],
         fix_rate=metrics["sessions/fix_rate"],
         break_rate=metrics["sessions/break_rate"],
+        overlong_prompts=int(metrics["env/overlong_prompts"] or 0),
         by_task_type=by_task_type(outcome, tasks, rounds),
         **labels,
     )
@@ -342,6 +344,8 @@ def eval_tables(result: EvalResult) -> list[Table]:
         table.add_row("critique_tokens_mean", "–" if tokens is None else f"{tokens:.1f}")
     table.add_row("response_tokens_mean", f"{result.response_tokens_mean:.1f}")
     table.add_row(f"generated tokens/s ({result.backend})", f"{result.tokens_per_s:.1f}")
+    if result.overlong_prompts:
+        table.add_row("skipped: prompt longer than the context", str(result.overlong_prompts))
     tables = [table]
     if result.by_task_type:
         columns = ["task type", "tasks", "round 1", f"pass@{k}"]

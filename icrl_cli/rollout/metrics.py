@@ -35,12 +35,13 @@ def session_metrics(samples: list[Sample], gate: str) -> dict[str, float | int |
         "sessions/fix_rate": _mean(after_failure),
         "sessions/break_rate": _mean(after_success) if gate == "ungated" else None,
         "env/failed_episodes": len(failed),
+        "env/overlong_prompts": sum(bool(s.metadata.get("overlong")) for s in failed),
     }
 
 
 def episode_metrics(samples: list[Sample]) -> dict[str, float | None]:
     """Turn counts and how multi-turn episodes ended (fractions of the episodes played)."""
-    episodes = [s for s in samples if s.role == "solver" and "stop" in s.metadata]
+    episodes = [s for s in samples if s.role == "solver" and "turns" in s.metadata]
     if not episodes:
         return {}
     record: dict[str, float | None] = {

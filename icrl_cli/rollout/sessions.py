@@ -99,13 +99,24 @@ def _single_step_round(
     settings: SessionSettings,
     prompts: Prompts,
 ) -> list[Sample]:
-    """One attempt per session, sampled under its behavior prompt, trained under the plain one."""
+    """One attempt per session, sampled under its behavior prompt, trained under the plain one.
+    A prompt that leaves no room in the context is not sampled: its attempt is a failed episode
+    (out of training and success), counted as ``overlong``."""
     free, behavior = _solver_prompts(tokenizer, env, sessions, settings, prompts)
-    outputs = backend.generate(
-        behavior, settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p
+    fits = [len(p) < settings.context_tokens for p in behavior]
+    sampled = backend.generate(
+        [p for p, fit in zip(behavior, fits, strict=True) if fit],
+        settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
     )
+    outputs = iter(sampled)
     samples = []
-    for s, context, out in zip(sessions, behavior, outputs, strict=True):
+    for s, context, fit in zip(sessions, behavior, fits, strict=True):
+        if not fit:
+            samples.append(_overlong(s, round_, free[s.task.id], context, settings))
+            continue
+        out = next(outputs)
         text = tokenizer.decode(out.token_ids, skip_special_tokens=True)
         result = env.start(s.task).step(text)
         samples.append(
@@ -123,6 +134,26 @@ def _single_step_round(
             )
         )
     return samples
+
+
+def _overlong(
+    s: Session, round_: int, free: list[int], context: list[int], settings: SessionSettings
+) -> Sample:
+    error = f"a prompt of {len(context)} tokens leaves no room in the {settings.context_tokens}"
+    error += "-token context"
+    return s.attempt(
+        round_,
+        free,
+        context,
+        {"answer": s.task.answer, "stop": "failed", "error": error, "overlong": True},
+        response_ids=[],
+        loss_mask=[],
+        behavior_logprobs=[],
+        reward=0.0,
+        text="",
+        finish_reason="length",
+        trainable=False,
+    )
 
 
 def _multi_turn_round(
