@@ -96,7 +96,6 @@ def train(
     ] = False,
 ) -> None:
     """Train with GRPO, ICRL or Critique-GRPO (default: the tiny model on synthetic math)."""
-    from icrl_cli.config import with_overrides
 
     overrides = flag_overrides(
         set_,
@@ -109,17 +108,7 @@ def train(
         },
     )
     if resume is not None:
-        if not (resume / "config.toml").is_file():
-            raise ConfigError(f"--resume {resume}: no config.toml there (not a run directory)")
-        saved = load_run_config(resume / "config.toml")
-        config = with_overrides(saved.model_dump(mode="json", exclude_none=True), overrides)
-        if saved.model.trust_remote_code and not trust_remote_code:
-            # A run directory may come from someone else; its config must not run code unasked.
-            raise ConfigError(
-                f"{resume / 'config.toml'} sets model.trust_remote_code, which runs code from "
-                f"the model's repository ({saved.model.name}); add --trust-remote-code to "
-                "continue it"
-            )
+        config = resumed_config(resume, overrides, trust_remote_code)
         run_dir = resume
     else:
         config = resolve(base_preset(preset, env), overrides)
@@ -141,6 +130,22 @@ def train(
         return
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         console.print(f"done: {final}")
+
+
+def resumed_config(resume: Path, overrides: list[str], trust_remote_code: bool) -> RunConfig:
+    """The configuration of the run in ``resume``, with ``overrides``; a run directory may come
+    from someone else, so one whose config runs a model repository's code must be trusted."""
+    from icrl_cli.config import with_overrides
+
+    if not (resume / "config.toml").is_file():
+        raise ConfigError(f"--resume {resume}: no config.toml there (not a run directory)")
+    saved = load_run_config(resume / "config.toml")
+    if saved.model.trust_remote_code and not trust_remote_code:
+        raise ConfigError(
+            f"{resume / 'config.toml'} sets model.trust_remote_code, which runs code from the "
+            f"model's repository ({saved.model.name}); add --trust-remote-code to continue it"
+        )
+    return with_overrides(saved.model_dump(mode="json", exclude_none=True), overrides)
 
 
 def print_plan(config: RunConfig, run_dir: Path) -> None:
