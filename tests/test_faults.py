@@ -1,14 +1,17 @@
-"""Faults a long run must survive, caused on purpose: a disk that fills up mid-checkpoint."""
+"""Faults a long run must survive, caused on purpose: a disk that fills up mid-checkpoint, and a
+kill while a checkpoint is being written."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
-from test_loop import icrl, reproducible, train_args
+from test_loop import icrl, reproducible, train_args, wait_until
 
 from icrl_cli.trainer import checkpoints
 
@@ -56,3 +59,24 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_survives(tiny_dir, smal
     assert proc.returncode == 0, err
     assert reproducible(moved / "metrics.jsonl") == reproducible(straight / "metrics.jsonl")
     assert Path(moved / "final" / "model.safetensors").is_file()
+
+
+def test_a_kill_during_a_checkpoint_write_loses_nothing(tiny_dir, tmp_path):
+    """SIGKILL the moment step 2's checkpoint starts being written: the half-written directory
+    is never taken for a checkpoint, --resume clears it, and the run ends as a straight one."""
+    run = tmp_path / "run"
+    proc = icrl(*train_args(run, 4), "--algo", "grpo")
+    partial = run / "checkpoints" / ".step-2.partial"
+    wait_until(proc, partial.exists, "step 2's checkpoint being written", seconds=300)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert checkpoints.list_checkpoints(run) in ([], [run / "checkpoints" / "step-2"])
+    proc = icrl("train", "--resume", str(run), "--steps", "4")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert not partial.exists()
+    straight = tmp_path / "straight"
+    proc = icrl(*train_args(straight, 4), "--algo", "grpo")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert reproducible(run / "metrics.jsonl") == reproducible(straight / "metrics.jsonl")

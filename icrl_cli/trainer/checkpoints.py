@@ -15,6 +15,7 @@ import os
 import pickle
 import random
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,15 @@ def load_tensors(path: Path, map_location: torch.device | str | None = None) -> 
     """A ``.pt`` file of tensors and plain values (``weights_only``): loading a checkpoint never
     runs code that came with it, whoever wrote it."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # (torch warns of a protocol it then refuses anyway)
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling refused"
+        # torch's text (which goes on to suggest weights_only=False) keeps its finding in the
+        # paragraphs between its first one and "Check the documentation".
+        paragraphs = str(err).split("Check the documentation")[0].split("\n")[1:]
+        text = " ".join(" ".join(paragraphs).split())
+        reason = text.split("WeightsUnpickler error:")[-1].strip() or "unpickling refused"
         raise CheckpointError(
             f"{path}: refused to load; it holds more than tensors and plain values ({reason})"
         ) from None
