@@ -213,14 +213,26 @@ def test_an_empty_dataset_is_one_line(tmp_path):
     assert len(result.output.strip().splitlines()) == 1 and "the dataset is empty" in result.output
 
 
-def test_a_prompt_longer_than_the_context_is_a_counted_skip(tiny_dir, tmp_path):
+def test_a_prompt_longer_than_the_context_is_a_counted_skip(tiny_dir, tmp_path, monkeypatch):
     """The tiny model's context is 1024 tokens (one per character): a 2000-digit question is
-    not sampled, is left out of success, and is counted; the other two are measured."""
+    not sampled, is left out of success, and is counted; a 5 MB one is not even tokenised;
+    the other two are measured."""
+    from icrl_cli.rollout import sessions
+
+    encoded = []
+
+    def encode_prompt(tokenizer, messages, enable_thinking=False):
+        encoded.append(sum(len(m["content"]) for m in messages))
+        return real(tokenizer, messages, enable_thinking)
+
+    real = sessions.encode_prompt
+    monkeypatch.setattr(sessions, "encode_prompt", encode_prompt)
     rows = [{"question": "1+1", "answer": "2"}, {"question": "9" * 2000, "answer": "9"}]
-    rows.append({"question": "2+2", "answer": "4"})
+    rows += [{"question": "7" * 5_000_000, "answer": "7"}, {"question": "2+2", "answer": "4"}]
     data = tmp_path / "long.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     env = make_environment("math", str(data), {})
     result = evaluate("tiny", env, "math", str(data), "train", max_new_tokens=8, device="cpu")
-    assert result.n == 3 and result.overlong_prompts == 1
+    assert result.n == 4 and result.overlong_prompts == 2
     assert result.response_tokens_mean > 0
+    assert len(encoded) == 3 and max(encoded) < 10_000

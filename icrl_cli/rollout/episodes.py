@@ -125,9 +125,9 @@ def play(
             live = [i for i, r in enumerate(rollouts) if not r.stop]
             fits = []
             for i in live:
-                if len(prompts[i]) + len(rollouts[i].response_ids) + settings.max_new_tokens > (
-                    settings.context_tokens
-                ):
+                used = len(prompts[i]) + len(rollouts[i].response_ids) + settings.max_new_tokens
+                # (An empty prompt is one too long to have been tokenised.)
+                if not prompts[i] or used > settings.context_tokens:
                     rollouts[i].stop = "context"
                 else:
                     fits.append(i)

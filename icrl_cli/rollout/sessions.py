@@ -10,6 +10,7 @@ critique-compare` can hand the same first attempts to several critics.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -75,19 +76,40 @@ def _solver_prompts(
     ``settings.revision_shows_attempt``)."""
     free: dict[str, list[int]] = {}
     behavior = []
+
+    def encode(messages: list[dict[str, str]]) -> list[int]:
+        # A prompt that surely cannot fit is not tokenised at all (a 5 MB question would take
+        # gigabytes): it stays empty, and an empty prompt is never sampled.
+        if _surely_too_long(tokenizer, messages, settings.context_tokens):
+            return []
+        return encode_prompt(tokenizer, messages, settings.enable_thinking)
+
     for s in sessions:
         if s.task.id not in free:
-            messages = solver_messages(env, s.task, prompts)
-            free[s.task.id] = encode_prompt(tokenizer, messages, settings.enable_thinking)
+            free[s.task.id] = encode(solver_messages(env, s.task, prompts))
         if s.critique is None:
             behavior.append(free[s.task.id])
         else:
             attempt = None
             if settings.revision_shows_attempt and s.last is not None:
                 attempt = attempt_summary(env, s.task, s.last)
-            messages = solver_messages(env, s.task, prompts, s.critique, attempt)
-            behavior.append(encode_prompt(tokenizer, messages, settings.enable_thinking))
+            behavior.append(encode(solver_messages(env, s.task, prompts, s.critique, attempt)))
     return free, behavior
+
+
+_LONGEST_TOKEN: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, int] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _surely_too_long(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], budget: int
+) -> bool:
+    """More characters than ``budget`` tokens could spell, each at most as long as the
+    vocabulary's longest token."""
+    if tokenizer not in _LONGEST_TOKEN:
+        _LONGEST_TOKEN[tokenizer] = max(len(token) for token in tokenizer.get_vocab())
+    return sum(len(m["content"]) for m in messages) > budget * _LONGEST_TOKEN[tokenizer]
 
 
 def _single_step_round(
@@ -103,7 +125,7 @@ def _single_step_round(
     A prompt that leaves no room in the context is not sampled: its attempt is a failed episode
     (out of training and success), counted as ``overlong``."""
     free, behavior = _solver_prompts(tokenizer, env, sessions, settings, prompts)
-    fits = [len(p) < settings.context_tokens for p in behavior]
+    fits = [0 < len(p) < settings.context_tokens for p in behavior]
     sampled = backend.generate(
         [p for p, fit in zip(behavior, fits, strict=True) if fit],
         settings.max_new_tokens,
@@ -139,8 +161,8 @@ def _single_step_round(
 def _overlong(
     s: Session, round_: int, free: list[int], context: list[int], settings: SessionSettings
 ) -> Sample:
-    error = f"a prompt of {len(context)} tokens leaves no room in the {settings.context_tokens}"
-    error += "-token context"
+    size = f"{len(context)} tokens" if context else "more characters than it could hold"
+    error = f"a prompt of {size} leaves no room in the {settings.context_tokens}-token context"
     return s.attempt(
         round_,
         free,
