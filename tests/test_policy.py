@@ -12,7 +12,7 @@ from icrl_cli.models import enable_activation_checkpointing, load_model
 from icrl_cli.rollout.samples import Sample
 from icrl_cli.trainer.batch import collate, micro_batches
 from icrl_cli.trainer.logprobs import recompute_behavior_logprobs, response_logprobs
-from icrl_cli.trainer.policy import policy_update
+from icrl_cli.trainer.policy import divergence_totals, policy_update
 
 
 def test_a_non_finite_loss_skips_the_step_and_keeps_the_weights(tiny_dir):
@@ -235,3 +235,21 @@ def test_gradient_checkpointing_gives_the_same_gradient(tiny_dir):
     assert any(g.abs().sum() > 0 for g in grads[0])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+
+
+def test_divergence_totals_find_the_first_departure_and_the_weight_around_it():
+    """Two revisions and a first attempt, worked by hand. Row 0 departs from the greedy choice
+    at token 2 (w 0.2), after 0.9 and 0.8, then 0.7 and 0.3 follow; row 1 never departs; row 2
+    is not a revision. Token 4 of row 0 is padding (mask 0) and is not counted."""
+    tis = torch.tensor([[0.9, 0.8, 0.2, 0.7, 0.3, 0.1], [1.0, 0.4, 1.0, 1.0, 1.0, 1.0], [0.1] * 6])
+    greedy = torch.tensor(
+        [[1, 1, 0, 0, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]], dtype=torch.bool
+    )
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0], [0] * 6], dtype=torch.float)
+    totals = divergence_totals(tis, greedy, mask)
+    assert totals["div_revisions"] == 2 and totals["div_rows"] == 1
+    assert totals["div_w_at"] == pytest.approx(0.2)
+    assert totals["div_before_tokens"] == 2 and totals["div_w_before"] == pytest.approx(1.7)
+    assert totals["div_after_tokens"] == 2 and totals["div_w_after"] == pytest.approx(1.0)
+    # Below 0.5 among the 8 revision tokens: 0.2 and 0.3 in row 0, 0.4 in row 1.
+    assert totals["w_low"] == 3

@@ -4,7 +4,7 @@ calibration read."""
 from __future__ import annotations
 
 import functools
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import PreTrainedModel
@@ -52,17 +52,28 @@ class ResponseScorer(torch.nn.Module):
         return response_logits(self.model, input_ids, attention_mask, positions)
 
 
-def response_logprobs(
+@dataclass
+class Scored:
+    """A batch's response tokens scored: ``[n, T]`` log-probs, and where asked their entropy
+    and whether each token is the distribution's own most likely one (its greedy choice)."""
+
+    logprobs: torch.Tensor
+    entropy: torch.Tensor | None = None
+    greedy: torch.Tensor | None = None
+
+
+def score_response(
     model: PreTrainedModel | ResponseScorer,
     batch: ResponseBatch,
-    with_entropy: bool = False,
     sampling: Sampling = AS_SAMPLED_AT_ONE,
+    with_entropy: bool = False,
     entropy_grad: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    with_greedy: bool = False,
+) -> Scored:
     """``[n, T]`` log π(y_t | context, y_<t) of each response token under the distribution the
-    backend samples from (``sampling``: temperature and nucleus, as the backend applies them),
-    and optionally its entropy (see ``response_logits``), with a gradient for an entropy bonus
-    when ``entropy_grad``."""
+    backend samples from (``sampling``: temperature and nucleus, as the backend applies them);
+    optionally its entropy (with a gradient for an entropy bonus when ``entropy_grad``) and,
+    with ``with_greedy``, whether y_t is that distribution's argmax."""
     score = (
         model if isinstance(model, ResponseScorer) else functools.partial(response_logits, model)
     )
@@ -70,15 +81,28 @@ def response_logprobs(
         score(batch.input_ids, batch.attention_mask, batch.positions), batch.response_ids
     )
     logprobs_all = torch.log_softmax(logits, dim=-1)
-    logprobs = logprobs_all.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
-    entropy = None
+    scored = Scored(logprobs_all.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1))
     if with_entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             plogp = logprobs_all.exp() * logprobs_all
             if sampling.top_p < 1.0:  # outside the nucleus p = 0: no entropy, not 0 · −∞
                 plogp = torch.where(logprobs_all.isfinite(), plogp, 0.0)
-            entropy = -plogp.sum(-1)
-    return logprobs, entropy
+            scored.entropy = -plogp.sum(-1)
+    if with_greedy:
+        scored.greedy = logits.detach().argmax(-1) == batch.response_ids
+    return scored
+
+
+def response_logprobs(
+    model: PreTrainedModel | ResponseScorer,
+    batch: ResponseBatch,
+    with_entropy: bool = False,
+    sampling: Sampling = AS_SAMPLED_AT_ONE,
+    entropy_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``score_response``'s log-probs and (with ``with_entropy``) entropy."""
+    scored = score_response(model, batch, sampling, with_entropy, entropy_grad)
+    return scored.logprobs, scored.entropy
 
 
 @torch.no_grad()

@@ -29,9 +29,22 @@ from icrl_cli.trainer.algorithms import (
 )
 from icrl_cli.trainer.batch import ResponseBatch, collate, idle_batch, micro_batches
 from icrl_cli.trainer.distributed import World
-from icrl_cli.trainer.logprobs import ResponseScorer, response_logprobs
+from icrl_cli.trainer.logprobs import ResponseScorer, response_logprobs, score_response
 
 # What each micro-batch adds to the step's diagnostics (summed over micro-batches and ranks).
+# The step's totals where the weight bites (``divergence_totals``).
+DIVERGENCE_KEYS = (
+    "div_revisions",
+    "div_rows",
+    "div_w_at",
+    "div_w_before",
+    "div_before_tokens",
+    "div_w_after",
+    "div_after_tokens",
+    "w_low",
+)
+
+
 TOTALS = (
     "policy",
     "kl",
@@ -43,7 +56,35 @@ TOTALS = (
     "w_clip",
     "rev_tokens",
     "rev_gap",
+    *DIVERGENCE_KEYS,
 )
+
+
+def divergence_totals(
+    tis: torch.Tensor, greedy: torch.Tensor, revision_mask: torch.Tensor
+) -> dict[str, float]:
+    """Where the calibration weight bites: in each revision (its trained tokens), the first
+    token that is not the critique-free greedy choice, and the token_tis weight ``tis`` before,
+    at and after it (over the revisions that depart at all), and the revision tokens whose
+    weight is below 0.5. Sums, for the step's totals."""
+    trained = revision_mask > 0
+    departs = trained & ~greedy
+    steps = torch.arange(tis.size(-1), device=tis.device).expand_as(tis)
+    first = torch.where(departs, steps, tis.size(-1)).min(-1).values.unsqueeze(-1)
+    departing = departs.any(-1, keepdim=True)
+    before = trained & departing & (steps < first)
+    at = departs & (steps == first)
+    after = trained & departing & (steps > first)
+    return {
+        "div_revisions": trained.any(-1).sum().item(),
+        "div_rows": departing.sum().item(),
+        "div_w_at": (tis * at).sum().item(),
+        "div_w_before": (tis * before).sum().item(),
+        "div_before_tokens": before.sum().item(),
+        "div_w_after": (tis * after).sum().item(),
+        "div_after_tokens": after.sum().item(),
+        "w_low": ((tis < 0.5) & trained).sum().item(),
+    }
 
 
 def sampling_of(config: RunConfig) -> Sampling:
@@ -63,6 +104,12 @@ class UpdateStats:
     w_clip_frac: float | None
     skipped: bool
     revision_gap: float | None = None
+    # Where the weight bites (``divergence_totals``); None without revisions.
+    divergence_frac: float | None = None  # revisions that depart from the greedy choice
+    w_at_divergence: float | None = None
+    w_before_divergence: float | None = None
+    w_after_divergence: float | None = None
+    w_below_half_frac: float | None = None  # revision tokens with w < 0.5
 
     @classmethod
     def skipped_step(cls) -> UpdateStats:
@@ -86,7 +133,16 @@ class UpdateStats:
             w_clip_frac=totals["w_clip"] / revision_tokens if revision_tokens else None,
             skipped=skipped,
             revision_gap=totals["rev_gap"] / revision_tokens if revision_tokens else None,
+            divergence_frac=_ratio(totals["div_rows"], totals["div_revisions"]),
+            w_at_divergence=_ratio(totals["div_w_at"], totals["div_rows"]),
+            w_before_divergence=_ratio(totals["div_w_before"], totals["div_before_tokens"]),
+            w_after_divergence=_ratio(totals["div_w_after"], totals["div_after_tokens"]),
+            w_below_half_frac=_ratio(totals["w_low"], revision_tokens),
         )
+
+
+def _ratio(total: float, count: float) -> float | None:
+    return total / count if count else None
 
 
 def per_token_loss(
@@ -124,6 +180,7 @@ def diagnostics(
     clip_active: torch.Tensor,
     batch: ResponseBatch,
     algo: AlgoConfig,
+    greedy: torch.Tensor | None = None,
 ) -> tuple[dict[str, float], list[float | None]]:
     """A micro-batch's share of the step's clip, entropy, mismatch and weight statistics, and
     each row's mean token_tis weight (None outside revisions)."""
@@ -149,6 +206,9 @@ def diagnostics(
         # |log π_old(y|q) − log μ(y|q, c)| on revision tokens: what the critique changed.
         "rev_gap": ((old_logprobs - behavior).abs() * revision_mask).sum().item(),
     }
+    if greedy is None:  # (every token taken as the greedy one: no departures)
+        greedy = torch.ones_like(revision_mask, dtype=torch.bool)
+    shares.update(divergence_totals(tis, greedy, revision_mask))
     return shares, rows
 
 
@@ -163,9 +223,15 @@ def micro_batch_step(
 ) -> tuple[dict[str, float], list[float | None]]:
     """Forward and backward of one micro-batch; its share of the step's totals and its rows'
     mean calibration weights."""
-    logprobs, entropy = response_logprobs(
-        model, batch, with_entropy=True, sampling=sampling, entropy_grad=algo.entropy_coef > 0
+    scored = score_response(
+        model,
+        batch,
+        sampling,
+        with_entropy=True,
+        entropy_grad=algo.entropy_coef > 0,
+        with_greedy=True,
     )
+    logprobs, entropy = scored.logprobs, scored.entropy
     assert entropy is not None
     old_logprobs = logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs
     behavior = batch.behavior_logprobs
@@ -184,7 +250,9 @@ def micro_batch_step(
         loss = loss + algo.kl_coef * kl_loss
         kl = kl_loss.item()
     (loss * world_size).backward()  # FSDP averages over the ranks; the loss is a sum
-    shares, rows = diagnostics(old_logprobs, behavior, entropy.detach(), clip_active, batch, algo)
+    shares, rows = diagnostics(
+        old_logprobs, behavior, entropy.detach(), clip_active, batch, algo, scored.greedy
+    )
     return {"policy": policy_loss.item(), "kl": kl, **shares}, rows
 
 
