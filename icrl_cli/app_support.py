@@ -51,10 +51,10 @@ def user_errors(fn: F) -> F:
             if err.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             where = f" writing {err.filename}" if err.filename else ""
-            line = (
-                f"no space left on the device{where}; every checkpoint already written is "
-                "intact: free space, then continue with --resume"
-            )
+            line = f"no space left on the device{where}"
+            if fn.__name__ == "train":
+                line += "; every checkpoint already written is intact: free space, then continue "
+                line += "with --resume"
             errors.print(Text("error: ", style="red") + Text(line), soft_wrap=True)
             raise typer.Exit(1) from None
 
