@@ -67,6 +67,12 @@ def divergence_totals(
     token that is not the critique-free greedy choice, and the token_tis weight ``tis`` before,
     at and after it (over the revisions that depart at all), and the revision tokens whose
     weight is below 0.5. Sums, for the step's totals."""
+    return {k: v.item() for k, v in _divergence_sums(tis, greedy, revision_mask).items()}
+
+
+def _divergence_sums(
+    tis: torch.Tensor, greedy: torch.Tensor, revision_mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
     trained = revision_mask > 0
     departs = trained & ~greedy
     steps = torch.arange(tis.size(-1), device=tis.device).expand_as(tis)
@@ -76,14 +82,14 @@ def divergence_totals(
     at = departs & (steps == first)
     after = trained & departing & (steps > first)
     return {
-        "div_revisions": trained.any(-1).sum().item(),
-        "div_rows": departing.sum().item(),
-        "div_w_at": (tis * at).sum().item(),
-        "div_w_before": (tis * before).sum().item(),
-        "div_before_tokens": before.sum().item(),
-        "div_w_after": (tis * after).sum().item(),
-        "div_after_tokens": after.sum().item(),
-        "w_low": ((tis < 0.5) & trained).sum().item(),
+        "div_revisions": trained.any(-1).sum(),
+        "div_rows": departing.sum(),
+        "div_w_at": (tis * at).sum(),
+        "div_w_before": (tis * before).sum(),
+        "div_before_tokens": before.sum(),
+        "div_w_after": (tis * after).sum(),
+        "div_after_tokens": after.sum(),
+        "w_low": ((tis < 0.5) & trained).sum(),
     }
 
 
@@ -129,10 +135,10 @@ class UpdateStats:
             entropy=totals["entropy"] / per_token,
             grad_norm=grad_norm,
             logprob_mismatch=totals["mismatch"] / max(totals["same_context_tokens"], 1.0),
-            w_mean_revision=totals["w_rev"] / revision_tokens if revision_tokens else None,
-            w_clip_frac=totals["w_clip"] / revision_tokens if revision_tokens else None,
+            w_mean_revision=_ratio(totals["w_rev"], revision_tokens),
+            w_clip_frac=_ratio(totals["w_clip"], revision_tokens),
             skipped=skipped,
-            revision_gap=totals["rev_gap"] / revision_tokens if revision_tokens else None,
+            revision_gap=_ratio(totals["rev_gap"], revision_tokens),
             divergence_frac=_ratio(totals["div_rows"], totals["div_revisions"]),
             w_at_divergence=_ratio(totals["div_w_at"], totals["div_rows"]),
             w_before_divergence=_ratio(totals["div_w_before"], totals["div_before_tokens"]),
@@ -180,7 +186,7 @@ def diagnostics(
     clip_active: torch.Tensor,
     batch: ResponseBatch,
     algo: AlgoConfig,
-    greedy: torch.Tensor | None = None,
+    greedy: torch.Tensor,
 ) -> tuple[dict[str, float], list[float | None]]:
     """A micro-batch's share of the step's clip, entropy, mismatch and weight statistics, and
     each row's mean token_tis weight (None outside revisions)."""
@@ -195,21 +201,21 @@ def diagnostics(
     tokens = revision_mask.sum(-1)
     row_weights = ((tis * revision_mask).sum(-1) / tokens.clamp(min=1.0)).tolist()
     rows = [w if n > 0 else None for w, n in zip(row_weights, tokens.tolist(), strict=True)]
-    shares = {
-        "clip": (clip_active * batch.mask).sum().item(),
-        "entropy": (entropy * batch.mask).sum().item(),
-        "mismatch": ((old_logprobs - behavior).abs() * same_context).sum().item(),
-        "same_context_tokens": same_context.sum().item(),
-        "w_rev": (tis * revision_mask).sum().item(),
-        "w_clip": (outside.float() * revision_mask).sum().item(),
-        "rev_tokens": revision_mask.sum().item(),
+    sums = {
+        "clip": (clip_active * batch.mask).sum(),
+        "entropy": (entropy * batch.mask).sum(),
+        "mismatch": ((old_logprobs - behavior).abs() * same_context).sum(),
+        "same_context_tokens": same_context.sum(),
+        "w_rev": (tis * revision_mask).sum(),
+        "w_clip": (outside.float() * revision_mask).sum(),
+        "rev_tokens": revision_mask.sum(),
         # |log π_old(y|q) − log μ(y|q, c)| on revision tokens: what the critique changed.
-        "rev_gap": ((old_logprobs - behavior).abs() * revision_mask).sum().item(),
+        "rev_gap": ((old_logprobs - behavior).abs() * revision_mask).sum(),
+        **_divergence_sums(tis, greedy, revision_mask),
     }
-    if greedy is None:  # (every token taken as the greedy one: no departures)
-        greedy = torch.ones_like(revision_mask, dtype=torch.bool)
-    shares.update(divergence_totals(tis, greedy, revision_mask))
-    return shares, rows
+    # One transfer for all of them (each .item() would wait for the device on its own).
+    values = torch.stack([value.double() for value in sums.values()]).tolist()
+    return dict(zip(sums, values, strict=True)), rows
 
 
 def micro_batch_step(
@@ -232,7 +238,7 @@ def micro_batch_step(
         with_greedy=True,
     )
     logprobs, entropy = scored.logprobs, scored.entropy
-    assert entropy is not None
+    assert entropy is not None and scored.greedy is not None
     old_logprobs = logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs
     behavior = batch.behavior_logprobs
     if algo.behavior_logprobs == "recompute":
