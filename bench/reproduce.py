@@ -56,13 +56,24 @@ CONFIGS: dict[str, list[str]] = {
 # The full plans: tiny-math at its preset's length with three seeds. The tiny-household model
 # does not solve tasks yet (README), so its row only shows the machinery running.
 FULL = {
-    "tiny-math": Plan(steps=100, eval_every=20, eval_limit=200, seeds=(0, 1, 2)),
+    "tiny-math": Plan(steps=30, eval_every=5, eval_limit=500, seeds=(0, 1, 2, 3, 4)),
     "tiny-household": Plan(steps=10, eval_every=5, eval_limit=16, seeds=(0,)),
 }
 QUICK = {
     "tiny-math": Plan(steps=10, eval_every=5, eval_limit=200, seeds=(0,)),
     "tiny-household": Plan(steps=2, eval_every=2, eval_limit=4, seeds=(0,)),
 }
+
+
+# A GRPO step generates about half the samples of an ICRL step (no critiques, no revisions), so
+# GRPO trains this many times the plan's steps: its curve then reaches the sample count the
+# others end at, and the equal-samples comparison needs no extrapolation. Its equal-steps point
+# is its checkpoint at the plan's step count.
+STEP_FACTOR = {"grpo": 2}
+
+
+def run_steps(config: str, plan: Plan) -> int:
+    return plan.steps * STEP_FACTOR.get(config, 1)
 
 
 def slug(config: str) -> str:
@@ -72,7 +83,7 @@ def slug(config: str) -> str:
 def run_overrides(config: str, plan: Plan, seed: int) -> list[str]:
     return [
         *CONFIGS[config],
-        f"train.steps={plan.steps}",
+        f"train.steps={run_steps(config, plan)}",
         f"train.seed={seed}",
         f"train.save_every={plan.eval_every}",
         "train.keep_checkpoints=1000",
@@ -141,6 +152,22 @@ def metrics_series(run_dir: Path, key: str) -> list[float | None]:
     return [json.loads(line).get(key) for line in lines if line]
 
 
+# Per-step series kept from each run's metrics.jsonl: result key → metric name.
+SERIES = {
+    "w_mean_revision": "calib/w_mean_revision",
+    "w_at_divergence": "calib/w_at_divergence",
+    "w_below_half": "calib/w_below_half",
+    "train_success_round1": "solver/success_round1",
+    "samples": "throughput/samples",
+    "rollout_s": "time/rollout",
+    "update_s": "time/update",
+}
+
+
+def step_series(run_dir: Path) -> dict[str, list[float | None]]:
+    return {key: metrics_series(run_dir, metric) for key, metric in SERIES.items()}
+
+
 def read_result(run_dir: Path) -> dict[str, Any] | None:
     done = read_json(run_dir / "result.json")
     if done is not None:
@@ -163,7 +190,7 @@ def complete_run(job: dict[str, Any]) -> None:
         spent = train_run(preset, run_dir, overrides, job["threads"])
         wall_path.write_text(json.dumps((read_json(wall_path) or 0.0) + spent))
     evals: dict[str, float] = read_json(run_dir / "evals.json") or {}
-    for step in range(plan.eval_every, plan.steps + 1, plan.eval_every):
+    for step in range(plan.eval_every, run_steps(config, plan) + 1, plan.eval_every):
         if str(step) not in evals:
             evals[str(step)] = evaluator.success(str(run_dir / "checkpoints" / f"step-{step}"))
             write_json(run_dir / "evals.json", evals)
@@ -171,12 +198,11 @@ def complete_run(job: dict[str, Any]) -> None:
         "preset": preset,
         "config": config,
         "seed": seed,
-        "steps": plan.steps,
+        "steps": run_steps(config, plan),
         "overrides": overrides,
         "wall_s": read_json(wall_path),
         "success": {int(k): v for k, v in evals.items()},
-        "w_mean_revision": metrics_series(run_dir, "calib/w_mean_revision"),
-        "train_success_round1": metrics_series(run_dir, "solver/success_round1"),
+        **step_series(run_dir),
     }
     write_json(run_dir / "result.json", result)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -210,13 +236,12 @@ def partial_result(job: dict[str, Any], evaluator: Evaluator) -> dict[str, Any] 
         "preset": job["preset"],
         "config": job["config"],
         "seed": job["seed"],
-        "steps": plan.steps,
+        "steps": run_steps(job["config"], plan),
         "partial": True,
         "steps_done": len(weights),
         "wall_s": None,
         "success": {int(k): v for k, v in evals.items()},
-        "w_mean_revision": weights,
-        "train_success_round1": metrics_series(run_dir, "solver/success_round1"),
+        **step_series(run_dir),
     }
 
 
