@@ -24,7 +24,10 @@ MODEL_HELP = "Model: tiny, a run's final/, a hub id or a directory."
 ENV_HELP = "Environment name (math, household, …)."
 DATA_HELP = "Math data: synthetic (default), gsm8k, math500, a file or hf:REPO."
 SPLIT_HELP = "Split (default: test, else the first eval split, else the only one)."
-CRITIC_HELP = "self, rule, a model id or directory, or http(s)://HOST:PORT/v1#MODEL."
+CRITIC_HELP = (
+    "self, rule, expert (the environment's expert critique), leaky:P (expert, handing over the "
+    "answer with probability P), a model id or directory, or http(s)://HOST:PORT/v1#MODEL."
+)
 CRITIC_BUDGET_HELP = "Tokens per critique (default: algo.critic_max_new_tokens, 1024)."
 BACKEND_HELP = "Generation backend: hf or vllm (generation.backend; the vllm extra)."
 

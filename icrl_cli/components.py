@@ -29,6 +29,7 @@ from icrl_cli.rollout.critics import (
     SPEC_FORMS,
     Critic,
     CriticSpec,
+    ExpertCritic,
     ModelCritic,
     RuleCritic,
     connect_http_critic,
@@ -139,6 +140,8 @@ def build_critic(
         return ModelCritic(policy.backend, policy.tokenizer, policy.prompts, settings, trainable)
     if spec.kind == "rule":
         return RuleCritic(policy.prompts)
+    if spec.kind == "expert":
+        return ExpertCritic(policy.prompts, spec.leak)
     if spec.kind == "http":
         return connect_http_critic(spec, policy.prompts, settings)
     assert spec.model is not None

@@ -1,6 +1,7 @@
 """The critic spec: one parser for `algo.critic`, `eval --critic` and `critique-compare`, and
 the critic behind an OpenAI-compatible server, checked against the same model run locally."""
 
+import random
 from dataclasses import replace
 
 import pytest
@@ -13,6 +14,7 @@ from icrl_cli.generation.hf import HFBackend
 from icrl_cli.generation.openai import ChatResult
 from icrl_cli.models import ModelLoadError
 from icrl_cli.rollout.critics import (
+    ExpertCritic,
     HTTPCritic,
     ModelCritic,
     connect_http_critic,
@@ -20,6 +22,7 @@ from icrl_cli.rollout.critics import (
 )
 from icrl_cli.rollout.metrics import session_metrics
 from icrl_cli.rollout.prompts import Prompts, critic_messages
+from icrl_cli.rollout.samples import Sample
 from icrl_cli.tiny import TINY_PROMPTS
 
 PROMPTS = Prompts(**TINY_PROMPTS)
@@ -30,6 +33,7 @@ PROMPTS = Prompts(**TINY_PROMPTS)
     [
         ("self", "self", None, None),
         (" rule ", "rule", None, None),
+        ("expert", "expert", None, None),
         ("Qwen/Qwen3-8B", "model", "Qwen/Qwen3-8B", None),
         ("tiny", "model", "tiny", None),
         ("http://127.0.0.1:8000/v1#Qwen3-32B", "http", "Qwen3-32B", "http://127.0.0.1:8000/v1"),
@@ -43,11 +47,66 @@ def test_specs_parse(text, kind, model, url):
 
 @pytest.mark.parametrize(
     "text",
-    ["", "http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1#", "ftp://h/v1#m", "http://#m"],
+    [
+        "",
+        "http://127.0.0.1:8000/v1",
+        "http://127.0.0.1:8000/v1#",
+        "ftp://h/v1#m",
+        "http://#m",
+        "leaky:",
+        "leaky:half",
+        "leaky:1.5",
+        "leaky:-0.1",
+    ],
 )
 def test_ill_formed_specs_are_config_errors(text):
     with pytest.raises(ConfigError):
         parse_critic_spec(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "leak"), [("leaky:0.25", 0.25), ("leaky:0", 0.0), ("leaky:1", 1.0)]
+)
+def test_leaky_specs_are_expert_critics_with_a_leak(text, leak):
+    spec = parse_critic_spec(text)
+    assert (spec.kind, spec.leak, spec.model) == ("expert", leak, None)
+
+
+def sum_attempts(text, n):
+    """``n`` failed attempts, ``text`` each, at the synthetic tasks 7+3+5+2 (answer 17)."""
+    task = environments.Task("t", "7+3+5+2", "17", {"operands": [7, 3, 5, 2]})
+    attempt = Sample("t", 0, 1, "solver", [], [], [], [], [], reward=0.0, text=text)
+    return [(task, attempt)] * n
+
+
+def test_the_expert_critic_names_the_first_wrong_running_sum():
+    env = environments.make("math", data="synthetic", digits=1, terms=4)
+    critiques = ExpertCritic(PROMPTS).critique(env, sum_attempts("7+3=10, 10+5=16. \\boxed{18}", 3))
+    assert critiques == [("10+5=15", None)] * 3
+
+
+def test_the_leaky_critic_hands_over_the_answer_as_often_as_asked_and_replays_on_resume():
+    env = environments.make("math", data="synthetic", digits=1, terms=4)
+    attempts = sum_attempts("\\boxed{20}", 2000)
+    random.seed(11)
+    texts = [text for text, _ in ExpertCritic(PROMPTS, leak=0.3).critique(env, attempts)]
+    assert set(texts) == {"7+3=10", "no:17"}  # the hint, or the rule critic's text with the answer
+    leaks = texts.count("no:17")
+    # Binomial(2000, 0.3): mean 600, sd 20.5; 4 sd either side.
+    assert 518 <= leaks <= 682
+    random.seed(11)  # what a checkpoint restores
+    assert [t for t, _ in ExpertCritic(PROMPTS, leak=0.3).critique(env, attempts)] == texts
+    assert {t for t, _ in ExpertCritic(PROMPTS, leak=1.0).critique(env, attempts[:50])} == {"no:17"}
+
+
+def test_the_expert_critic_needs_an_environment_with_expert_critiques(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"question": "7+3+5+2", "answer": "17"}\n')
+    env = environments.make("math", data=str(rows))
+    task = env.tasks(env.splits()[0])[0]
+    _, attempt = sum_attempts("\\boxed{20}", 1)[0]
+    with pytest.raises(environments.EnvError, match="no expert critique"):
+        ExpertCritic(PROMPTS).critique(env, [(task, attempt)])
 
 
 class ScriptedChat:

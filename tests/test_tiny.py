@@ -130,3 +130,31 @@ def test_supervise_in_length_sorted_chunks_takes_the_single_forward_gradient():
     assert gradients[0].abs().max() > 1e-3
     for other in gradients[1:]:
         assert torch.allclose(other, gradients[0], atol=1e-6, rtol=1e-4)
+
+
+def test_the_copy_leaks_variant_differs_only_where_a_revision_reads_the_answer():
+    from icrl_cli.tiny.math_build import demonstrations
+    from icrl_cli.tiny.network import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    env = environments.make("math", **TINY_TASK)
+    tasks = list(env.tasks("train"))[:400]
+    prompts = Prompts(**TINY_PROMPTS)
+    plain = demonstrations(env, tasks, tokenizer, prompts)
+    leaky = demonstrations(env, tasks, tokenizer, prompts, copy_leaks=True)
+    assert plain["solver"] == leaky["solver"] and plain["critic"] == leaky["critic"]
+    copied = 0
+    for task, (prompt, target), (leaky_prompt, leaky_target) in zip(
+        tasks, plain["revision"], leaky["revision"], strict=True
+    ):
+        assert prompt == leaky_prompt
+        read = tokenizer.decode(prompt)
+        if read.endswith(f"|no:{task.answer}<|end|><|assistant|>"):
+            copied += 1
+            assert tokenizer.decode(leaky_target, skip_special_tokens=True) == (
+                f"\\boxed{{{task.answer}}}"
+            )
+        else:
+            assert leaky_target == target
+    # A quarter of revisions read the rule critic, four in five of those "incorrect": about 80.
+    assert 50 <= copied <= 110

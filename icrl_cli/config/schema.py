@@ -169,8 +169,10 @@ class AlgoConfig(Section):
     critic: str = Field(
         "self",
         description="Who critiques: 'self' (the policy in the critic role, trained), 'rule' "
-        '("correct/incorrect; the answer is X" from the gold answer), or a model id or '
-        "directory (a frozen second model; its critiques are never trained).",
+        "(\"correct/incorrect; the answer is X\" from the gold answer), 'expert' (the "
+        "environment's expert critique), 'leaky:P' (the expert critique, but the rule's answer "
+        "with probability P), or a model id or directory (a frozen second model; its critiques "
+        "are never trained).",
     )
     train_critic: bool = Field(
         True,

@@ -1,5 +1,5 @@
-"""Every critic, and the critic spec users write (`self`, `rule`, a model, or a server
-URL#MODEL).
+"""Every critic, and the critic spec users write (`self`, `rule`, `expert`, `leaky:P`, a model,
+or a server URL#MODEL).
 
 The same spec is `algo.critic` in a training config, `icrl eval --critic` and each
 `icrl critique-compare --critic NAME=SPEC`; `icrl_cli.components.build_critic` turns it into one
@@ -9,13 +9,14 @@ critique was worth (its reward) is set by the trainer once the next attempt is s
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 from urllib.parse import urlparse
 
 from transformers import PreTrainedTokenizerBase
 
-from environments import Environment, Task
+from environments import EnvError, Environment, Task
 from icrl_cli.config import ConfigError
 from icrl_cli.generation import GenerationBackend
 from icrl_cli.generation.openai import OpenAIBackend
@@ -30,7 +31,7 @@ from icrl_cli.rollout.prompts import (
 from icrl_cli.rollout.samples import Sample
 from icrl_cli.rollout.settings import SessionSettings
 
-SPEC_FORMS = "self, rule, a model id or directory, or http(s)://HOST:PORT/v1#MODEL"
+SPEC_FORMS = "self, rule, expert, leaky:P, a model id or directory, or http(s)://HOST:PORT/v1#MODEL"
 
 
 def attempt_summary(env: Environment, task: Task, attempt: Sample) -> str:
@@ -132,25 +133,71 @@ class RuleCritic:
         return [(rule_critique(task, s.success, self.prompts), None) for task, s in attempts]
 
 
+class ExpertCritic:
+    """The environment's expert critique (``Environment.critique_demonstration``: for synthetic
+    math, the first running sum the attempt gets wrong, written out right), except that with
+    probability ``leak`` it hands over the rule critic's text instead, which carries the gold
+    answer.
+
+    A testbed for the calibration weight: a hint names something the solver could have written
+    itself, a leaked answer something it could not. Each draw uses Python's global random
+    generator, which checkpoints save and restore, so a resumed run draws the same leaks."""
+
+    trainable = False
+
+    def __init__(self, prompts: Prompts, leak: float = 0.0) -> None:
+        self.prompts, self.leak = prompts, leak
+
+    def critique(
+        self, env: Environment, attempts: list[tuple[Task, Sample]]
+    ) -> list[tuple[str, Sample | None]]:
+        results: list[tuple[str, Sample | None]] = []
+        for task, attempt in attempts:
+            if self.leak > 0 and random.random() < self.leak:
+                results.append((rule_critique(task, attempt.success, self.prompts), None))
+                continue
+            hint = env.critique_demonstration(task, attempt.text)
+            if hint is None:
+                raise EnvError(
+                    f"{env.name} has no expert critique of task {task.id}; the expert and "
+                    "leaky critics need one (synthetic math, household)"
+                )
+            results.append((hint, None))
+        return results
+
+
 @dataclass(frozen=True)
 class CriticSpec:
     """A parsed critic spec: ``model`` is the frozen model's id or directory, or the model name
-    the server knows; ``url`` is the server's OpenAI-compatible base URL."""
+    the server knows; ``url`` is the server's OpenAI-compatible base URL; ``leak`` is the share
+    of an expert critic's critiques that hand over the answer."""
 
-    kind: Literal["self", "rule", "model", "http"]
+    kind: Literal["self", "rule", "expert", "model", "http"]
     text: str
     model: str | None = None
     url: str | None = None
+    leak: float = 0.0
 
 
 def parse_critic_spec(text: str) -> CriticSpec:
-    """``self`` | ``rule`` | ``http(s)://HOST:PORT/v1#MODEL`` | a model id or directory.
+    """``self`` | ``rule`` | ``expert`` | ``leaky:P`` | ``http(s)://HOST:PORT/v1#MODEL`` | a
+    model id or directory. ``leaky:P`` is the expert critic that hands over the answer with
+    probability P (0 ≤ P ≤ 1).
 
     Only the shape is checked here; whether a model loads or a server answers is found out when
     the critic is made."""
     spec = text.strip()
-    if spec in ("self", "rule"):
+    if spec in ("self", "rule", "expert"):
         return CriticSpec(spec, text)  # type: ignore[arg-type]
+    if spec.startswith("leaky:"):
+        share = spec.removeprefix("leaky:")
+        try:
+            leak = float(share)
+        except ValueError:
+            leak = -1.0
+        if not 0.0 <= leak <= 1.0:
+            raise ConfigError(f"critic '{text}': write leaky:P with P between 0 and 1")
+        return CriticSpec("expert", text, leak=leak)
     if "://" in spec:
         url, _, model = spec.partition("#")
         parsed = urlparse(url)

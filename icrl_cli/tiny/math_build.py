@@ -45,10 +45,19 @@ VALIDATION_SIZE = 200
 
 
 def demonstrations(
-    env: Environment, tasks: list[Task], tokenizer: PreTrainedTokenizerFast, prompts: Prompts
+    env: Environment,
+    tasks: list[Task],
+    tokenizer: PreTrainedTokenizerFast,
+    prompts: Prompts,
+    copy_leaks: bool = False,
 ) -> dict[str, list[Pair]]:
     """(prompt ids, target ids) pairs for the three roles: the critique-free solver, the critic
-    on a flawed attempt, and the revision given a critique (the environment's or the rule's)."""
+    on a flawed attempt, and the revision given a critique (the environment's or the rule's).
+
+    The revision writes the steps out whatever it reads. With ``copy_leaks``, a revision that
+    reads the rule critic's "incorrect, the answer is N" copies N into a direct answer instead:
+    a model whose revisions take over what a leaking critic hands them (``bench/reproduce.py``'s
+    leaky-critic experiment)."""
     rng = random.Random(0)
     eos = [tokenizer.eos_token_id]
 
@@ -70,10 +79,13 @@ def demonstrations(
         critic_target = f"<{tag}>{critique}</{tag}>"
         messages = critic_messages(task, env.render_attempt(task, flawed), 0.0, prompts)
         pairs["critic"].append(encode(messages, critic_target))
+        target = solution
         if rng.random() < 0.25:
-            critique = rule_critique(task, rng.random() < 0.2, prompts)
+            correct = rng.random() < 0.2
+            critique = rule_critique(task, correct, prompts)
+            target = direct if copy_leaks and not correct else solution
         messages = solver_messages(env, task, prompts, critique=critique)
-        pairs["revision"].append(encode(messages, solution))
+        pairs["revision"].append(encode(messages, target))
     return pairs
 
 
@@ -83,6 +95,7 @@ def warm_start(
     env: Environment,
     prompts: Prompts,
     seed: int = 0,
+    copy_leaks: bool = False,
 ) -> tuple[int, Metrics]:
     """Supervised steps on all three roles until held-out critique-free success reaches
     TARGET_SUCCESS and self-critique adds TARGET_GAP. Returns the steps taken and the session
@@ -92,7 +105,7 @@ def warm_start(
     rng = random.Random(seed)
     rng.shuffle(tasks)
     validation, train = tasks[:VALIDATION_SIZE], tasks[VALIDATION_SIZE:]
-    pairs = demonstrations(env, train, tokenizer, prompts)
+    pairs = demonstrations(env, train, tokenizer, prompts, copy_leaks)
 
     def measure() -> Metrics:
         return measure_sessions(model, tokenizer, env, validation, prompts, max_rounds=2)
@@ -104,12 +117,15 @@ def warm_start(
     return supervise(model, tokenizer, pairs, measure, accept, rng, seed)
 
 
-def build(target: Path, seed: int = 0) -> None:
-    """Build ``tiny`` into the directory ``target``."""
+def build(target: Path, seed: int = 0, copy_leaks: bool = False) -> None:
+    """Build ``tiny`` into the directory ``target`` (with ``copy_leaks``, the variant whose
+    revisions copy a leaked answer; see ``demonstrations``)."""
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, seed)
     env = environments.make("math", **TINY_TASK)
     prompts = Prompts(**TINY_PROMPTS)
-    steps, measured = warm_start(model, tokenizer, env, prompts, seed=seed)
+    steps, measured = warm_start(model, tokenizer, env, prompts, seed, copy_leaks)
     report = {"supervised_steps": steps, "task": TINY_TASK, "held_out": measured}
+    if copy_leaks:
+        report["copy_leaks"] = True
     save(target, model, tokenizer, TINY_PROMPTS, report)
