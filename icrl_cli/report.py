@@ -21,11 +21,11 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True)
 class Panel:
-    """One plotted quantity: the metric, its axis label, and how lines are drawn."""
+    """One plotted quantity: the metric, its axis label, and its matplotlib line style."""
 
     metric: str
     label: str
-    dashed: bool = False
+    style: str = "-"
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ PLOTS = (
         "success rate",
         (
             Panel("solver/success_round1", "round 1"),
-            Panel("solver/success_final", "final", dashed=True),
+            Panel("solver/success_final", "final", "--"),
         ),
     ),
     Plot(
@@ -61,13 +61,26 @@ PLOTS = (
         (Panel("calib/w_mean_revision", "w mean"),),
     ),
     Plot(
+        "divergence",
+        "Where the weight bites: w at each revision's first token off the critique-free greedy "
+        "path (solid), before it (dash-dot), after it (dashed); revision tokens with w < 0.5 "
+        "(dotted)",
+        "w, or share of tokens",
+        (
+            Panel("calib/w_at_divergence", "w at"),
+            Panel("calib/w_before_divergence", "w before", "-."),
+            Panel("calib/w_after_divergence", "w after", "--"),
+            Panel("calib/w_below_half", "share w < 0.5", ":"),
+        ),
+    ),
+    Plot(
         "clip_fraction",
         "Clipped fractions: calibration ratio outside [w_min, w_max] (solid), "
         "policy ratio (dashed)",
         "fraction of tokens",
         (
             Panel("calib/w_clip_frac", "calibration"),
-            Panel("loss/clip_frac", "policy", dashed=True),
+            Panel("loss/clip_frac", "policy", "--"),
         ),
     ),
     Plot("entropy", "Policy entropy", "nats per token", (Panel("entropy", "entropy"),)),
@@ -86,6 +99,8 @@ SUMMARY_METRICS: tuple[tuple[str, str | None], ...] = (
     ("critic/reward_mean", "max"),
     ("calib/w_mean_revision", None),
     ("calib/w_clip_frac", None),
+    ("calib/w_at_divergence", None),
+    ("calib/w_below_half", None),
     ("loss/clip_frac", None),
     ("entropy", None),
     ("throughput/tokens_per_s", "max"),
@@ -194,7 +209,7 @@ def draw(plot: Plot, runs: list[Run], path: Path) -> bool:
             if not steps:
                 continue
             drawn = True
-            style = "--" if panel.dashed else "-"
+            style = panel.style
             name = run.label if len(plot.panels) == 1 else f"{run.label}: {panel.label}"
             axis.plot(steps, values, style, color=colour, alpha=0.3, linewidth=0.8)
             window = smoothing_window(len(values))

@@ -7,7 +7,12 @@ import math
 import pytest
 from scripted import icrl
 
-from icrl_cli.evaluation.dump import response_segments, revision_weights, session_order
+from icrl_cli.evaluation.dump import (
+    divergence,
+    response_segments,
+    revision_weights,
+    session_order,
+)
 from icrl_cli.rollout.samples import Sample
 from icrl_cli.tiny import build_tokenizer
 
@@ -19,6 +24,20 @@ def test_revision_weights_by_hand():
     assert w[0] == pytest.approx(math.exp(0.5)) and w[2] == pytest.approx(math.exp(-0.5))
     (clipped,) = revision_weights([sample], [[1.0, 0.0, -2.0]], 0.0, 2.0)
     assert clipped[0] == 2.0 and clipped[2] == pytest.approx(1.0)
+
+
+def test_where_a_revision_departs_by_hand():
+    # Token 1 is an observation (no weight): that it is not the greedy choice does not count.
+    weights = [1.0, None, 0.9, 0.2, 1.1, 0.5]
+    found = divergence(weights, [True, False, True, False, False, True])
+    assert found["index"] == 3 and found["w_at"] == pytest.approx(0.2)
+    assert found["w_before"] == pytest.approx((1.0 + 0.9) / 2)
+    assert found["w_after"] == pytest.approx((1.1 + 0.5) / 2)
+    at_once = divergence([0.1, 1.0, 0.8], [False, True, False])
+    assert at_once["index"] == 0 and at_once["w_before"] is None
+    assert at_once["w_at"] == pytest.approx(0.1) and at_once["w_after"] == pytest.approx(0.9)
+    greedy = divergence([1.0, 0.7], [True, True])
+    assert greedy == {"index": None, "w_at": None, "w_before": None, "w_after": None}
 
 
 def test_an_episode_splits_into_what_the_model_wrote_and_what_the_environment_said():
@@ -76,6 +95,11 @@ def test_rollout_dumps_every_sample_with_advantages_and_weights(tiny_dir, tmp_pa
             assert len(r["calibration_weights"]) == r["response_tokens"]
             assert 0.0 <= r["calibration_weight_mean"] <= 2.0
             assert r["metadata"]["critique"] in r["behavior_prompt"] != r["prompt"]
+            where = r["divergence"]
+            if where["index"] is not None:
+                assert where["w_at"] == pytest.approx(r["calibration_weights"][where["index"]])
+        else:
+            assert r["divergence"] is None
     pretty = icrl("rollout --n 1 --format pretty --set algo.sessions_per_query=2")
     assert pretty.exit_code == 0, pretty.output
     assert "session 0 · round 1 · solver attempt" in pretty.output

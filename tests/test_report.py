@@ -19,6 +19,10 @@ ICRL_STEPS = [
         "critic/reward_mean": 0.125,
         "calib/w_mean_revision": 0.9,
         "calib/w_clip_frac": 0.0,
+        "calib/w_at_divergence": 0.2,
+        "calib/w_before_divergence": None,
+        "calib/w_after_divergence": 0.95,
+        "calib/w_below_half": 0.05,
         "loss/clip_frac": 0.0,
         "entropy": 1.5,
         "throughput/tokens_per_s": 100.0,
@@ -32,6 +36,10 @@ ICRL_STEPS = [
         "critic/reward_mean": 0.25,
         "calib/w_mean_revision": 1.1,
         "calib/w_clip_frac": 0.25,
+        "calib/w_at_divergence": 0.4,
+        "calib/w_before_divergence": 1.0,
+        "calib/w_after_divergence": 1.05,
+        "calib/w_below_half": 0.025,
         "loss/clip_frac": 0.125,
         "entropy": 1.25,
         "throughput/tokens_per_s": 150.0,
@@ -101,7 +109,14 @@ def section(markdown: str, heading: str) -> str:
 def test_two_runs_overlaid_and_summarised(runs, tmp_path):
     out = tmp_path / "report"
     report = write_report(list(runs), out)
-    names = ["success", "critic_reward", "calibration_weight", "clip_fraction", "entropy"]
+    names = [
+        "success",
+        "critic_reward",
+        "calibration_weight",
+        "divergence",
+        "clip_fraction",
+        "entropy",
+    ]
     for name in [*names, "throughput"]:
         png = out / f"{name}.png"
         assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
@@ -116,6 +131,8 @@ def test_two_runs_overlaid_and_summarised(runs, tmp_path):
     # Step 3 logged no critic: the last value is step 2's.
     assert "| `critic/reward_mean` | 0.125 | 0.250 | 0.250 (step 2) |" in icrl
     assert "| `calib/w_mean_revision` | 0.900 | 1.100 | – |" in icrl
+    assert "| `calib/w_at_divergence` | 0.200 | 0.400 | – |" in icrl
+    assert "| `calib/w_below_half` | 0.050 | 0.025 | – |" in icrl
     assert "| `loss/clip_frac` | 0.000 | 0.062 | – |" in icrl
     assert "| `throughput/tokens_per_s` | 100.000 | 125.000 | 150.000 (step 2) |" in icrl
     grpo = section(markdown, "grpo")
@@ -130,8 +147,9 @@ def test_plots_without_data_are_left_out(runs, tmp_path):
     markdown = write_report([runs[1]], out).read_text()
     assert not (out / "critic_reward.png").exists()
     assert not (out / "calibration_weight.png").exists()
+    assert not (out / "divergence.png").exists()
     assert (out / "clip_fraction.png").exists()  # loss/clip_frac alone is enough
-    assert "No data in any run for: critic_reward, calibration_weight." in markdown
+    assert "No data in any run for: critic_reward, calibration_weight, divergence." in markdown
 
 
 def test_same_algorithm_twice_is_told_apart_by_directory(tmp_path):

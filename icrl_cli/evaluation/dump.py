@@ -24,16 +24,17 @@ from icrl_cli.evaluation.evaluate import require_positive
 from icrl_cli.rollout.samples import Sample
 from icrl_cli.trainer import step
 from icrl_cli.trainer.algorithms import calibration_weights
-from icrl_cli.trainer.logprobs import context_logprobs
+from icrl_cli.trainer.logprobs import context_scores
 from icrl_cli.trainer.loop import seed_everything
-from icrl_cli.trainer.policy import sampling_of
+from icrl_cli.trainer.policy import divergence_totals, sampling_of
 
 
 @dataclass
 class RolloutRecord:
     """One sample as `icrl rollout` writes it: the sample's JSON view (texts, reward, advantage,
     metadata), the prompts decoded, whether it enters the loss, and for a revision the token_tis
-    weight of each response token (None on an episode's observation tokens)."""
+    weight of each response token (None on an episode's observation tokens) and where the weight
+    bites (``divergence``)."""
 
     sample: dict[str, Any]
     prompt: str  # the training context: critique-free for every solver sample
@@ -43,6 +44,7 @@ class RolloutRecord:
     calibration_weight_mean: float | None
     # A multi-turn episode's response as runs: what the model wrote, what the environment said.
     segments: list[dict[str, str]] | None = None
+    divergence: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +53,7 @@ class RolloutRecord:
             "in_loss": self.in_loss,
             "calibration_weight_mean": self.calibration_weight_mean,
             "calibration_weights": self.calibration_weights,
+            "divergence": self.divergence,
             "prompt": self.prompt,
             "behavior_prompt": self.behavior_prompt,
         }
@@ -68,6 +71,28 @@ def revision_weights(
             [value if kept else None for value, kept in zip(w.tolist(), s.loss_mask, strict=True)]
         )
     return weights
+
+
+def divergence(weights: list[float | None], greedy: list[bool]) -> dict[str, Any]:
+    """Where a revision first departs from the critique-free greedy continuation: ``index`` is
+    that response token's position (None if every generated token is the greedy choice), and
+    the weight at it and its mean before and after it (None where there are no such tokens).
+    The same quantities as the step metrics ``calib/w_*_divergence``, for one revision."""
+    trained = torch.tensor([[w is not None for w in weights]], dtype=torch.float32)
+    tis = torch.tensor([[0.0 if w is None else w for w in weights]])
+    sums = divergence_totals(tis, torch.tensor([greedy]), trained)
+    departs = (t for t, (w, g) in enumerate(zip(weights, greedy, strict=True)) if w is not None)
+    index = next((t for t in departs if not greedy[t]), None)
+
+    def mean(total: str, count: str) -> float | None:
+        return sums[total] / sums[count] if index is not None and sums[count] else None
+
+    return {
+        "index": index,
+        "w_at": sums["div_w_at"] if index is not None else None,
+        "w_before": mean("div_w_before", "div_before_tokens"),
+        "w_after": mean("div_w_after", "div_after_tokens"),
+    }
 
 
 def response_segments(
@@ -114,14 +139,18 @@ def rollout(config: RunConfig, n: int, split: str | None = None) -> list[Rollout
     step.calibrate(trainee, batch)
     revisions = [s for s in batch if s.is_revision]
     micro = config.train.micro_batch_size
-    old = context_logprobs(policy.model, revisions, trainee.pad_id, micro, sampling_of(config))
+    scores = context_scores(policy.model, revisions, trainee.pad_id, micro, sampling_of(config))
+    old = [logprobs for logprobs, _ in scores]
     per_revision = revision_weights(revisions, old, config.algo.w_min, config.algo.w_max)
     weights = dict(zip(map(id, revisions), per_revision, strict=True))
+    greedy = {id(s): g for s, (_, g) in zip(revisions, scores, strict=True)}
     in_loss = {id(s) for s in batch}
-    return [
-        record(s, weights.get(id(s)), id(s) in in_loss, policy.tokenizer)
-        for s in session_order(samples)
-    ]
+    records = []
+    for s in session_order(samples):
+        records.append(record(s, weights.get(id(s)), id(s) in in_loss, policy.tokenizer))
+        if id(s) in weights:
+            records[-1].divergence = divergence(weights[id(s)], greedy[id(s)])
+    return records
 
 
 def record(
@@ -170,6 +199,11 @@ def print_pretty(records: list[RolloutRecord], console: Console) -> None:
         facts = [f"reward {s['reward']:g}", f"advantage {s['advantage']:+.3f}"]
         if record.calibration_weight_mean is not None:
             facts.append(f"w̄ {record.calibration_weight_mean:.3f}")
+        departs = record.divergence["index"] if record.divergence else None
+        if departs is not None:
+            facts.append(
+                f"off the greedy path at token {departs} (w {record.divergence['w_at']:.2f})"
+            )
         if not record.in_loss:
             facts.append("not in the loss")
         body: list[Text] = []

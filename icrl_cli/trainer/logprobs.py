@@ -115,12 +115,29 @@ def context_logprobs(
 ) -> list[list[float]]:
     """log π(y_t | prompt_ids, y_<t) of every response token of each sample, in micro-batches
     and without gradients."""
-    result: list[list[float]] = []
+    scores = context_scores(model, samples, pad_id, micro_batch_size, sampling)
+    return [logprobs for logprobs, _ in scores]
+
+
+@torch.no_grad()
+def context_scores(
+    model: PreTrainedModel,
+    samples: list[Sample],
+    pad_id: int,
+    micro_batch_size: int,
+    sampling: Sampling = AS_SAMPLED_AT_ONE,
+) -> list[tuple[list[float], list[bool]]]:
+    """``context_logprobs``, and whether each response token is the greedy choice under
+    ``prompt_ids`` (the argmax of the distribution ``sampling`` describes)."""
+    result: list[tuple[list[float], list[bool]]] = []
     for start in range(0, len(samples), micro_batch_size):
         chunk = samples[start : start + micro_batch_size]
         batch = collate(chunk, pad_id, model.device)
-        logprobs, _ = response_logprobs(model, batch, sampling=sampling)
-        result += [logprobs[row, : len(s.response_ids)].tolist() for row, s in enumerate(chunk)]
+        scored = score_response(model, batch, sampling, with_greedy=True)
+        assert scored.greedy is not None
+        for row, s in enumerate(chunk):
+            n = len(s.response_ids)
+            result.append((scored.logprobs[row, :n].tolist(), scored.greedy[row, :n].tolist()))
     return result
 
 
