@@ -52,6 +52,40 @@ CONFIGS: dict[str, list[str]] = {
     "icrl advantage_grouping=query": ["algo.name='icrl'", "algo.advantage_grouping='query'"],
 }
 
+# The leaky-critic experiment (``--experiment leaky``): ICRL with a frozen expert critic that
+# hands over the gold answer half the time ("no:N") and otherwise names the first wrong running
+# sum, on the tiny build's copy_leaks variant, whose revisions copy a leaked answer into a
+# direct one. A copied answer is something the solver cannot write alone, so its calibration
+# weight should be small; without the weight it is trained into the critique-free prompt at
+# full strength. The hint-only critic is the control: there both arms should be alike.
+LEAKY_CONFIGS: dict[str, list[str]] = {
+    "leaky, calibrated": ["algo.name='icrl'", "algo.critic='leaky:0.5'"],
+    "leaky, calibration=none": [
+        "algo.name='icrl'",
+        "algo.critic='leaky:0.5'",
+        "algo.calibration='none'",
+    ],
+    "hints, calibrated": ["algo.name='icrl'", "algo.critic='expert'"],
+    "hints, calibration=none": [
+        "algo.name='icrl'",
+        "algo.critic='expert'",
+        "algo.calibration='none'",
+    ],
+}
+EXPERIMENTS = {"main": CONFIGS, "leaky": LEAKY_CONFIGS}
+ALL_CONFIGS = {**CONFIGS, **LEAKY_CONFIGS}
+
+
+def copy_leaks_model(out: Path) -> Path:
+    """The copy_leaks variant of the tiny model (built once, a few minutes, into ``out``)."""
+    from icrl_cli.tiny.math_build import build
+
+    target = out / "model"
+    if not (target / "model.safetensors").exists():
+        print(f"building the copy_leaks variant of tiny into {target}", flush=True)
+        build(target, copy_leaks=True)
+    return target
+
 
 # The full plans: tiny-math at its preset's length with three seeds. The tiny-household model
 # does not solve tasks yet (README), so its row only shows the machinery running.
@@ -80,9 +114,10 @@ def slug(config: str) -> str:
     return config.replace(" ", "-").replace("=", "-").replace("_", "-")
 
 
-def run_overrides(config: str, plan: Plan, seed: int) -> list[str]:
+def run_overrides(config: str, plan: Plan, seed: int, model: str | None = None) -> list[str]:
     return [
-        *CONFIGS[config],
+        *ALL_CONFIGS[config],
+        *([f"model.name='{model}'"] if model else []),
         f"train.steps={run_steps(config, plan)}",
         f"train.seed={seed}",
         f"train.save_every={plan.eval_every}",
@@ -121,11 +156,11 @@ def train_run(preset: str, run_dir: Path, overrides: list[str], threads: int) ->
 class Evaluator:
     """Critique-free success of model directories on one preset's held-out split."""
 
-    def __init__(self, preset: str, plan: Plan) -> None:
+    def __init__(self, preset: str, plan: Plan, model: str | None = None) -> None:
         from icrl_cli.components import environment
         from icrl_cli.config import resolve
 
-        self.config = resolve(preset, [])
+        self.config = resolve(preset, [f"model.name='{model}'"] if model else [])
         self.env = environment(self.config)
         self.plan = plan
 
@@ -183,8 +218,8 @@ def complete_run(job: dict[str, Any]) -> None:
     torch.set_num_threads(job["threads"])
     preset, config, seed = job["preset"], job["config"], job["seed"]
     plan, run_dir = Plan(**job["plan"]), Path(job["run_dir"])
-    evaluator = Evaluator(preset, plan)
-    overrides = run_overrides(config, plan, seed)
+    evaluator = Evaluator(preset, plan, job.get("model"))
+    overrides = run_overrides(config, plan, seed, job.get("model"))
     wall_path = run_dir / "wall.json"
     if not (run_dir / "final").is_dir():
         spent = train_run(preset, run_dir, overrides, job["threads"])
@@ -262,15 +297,19 @@ def base_success(preset: str, out: Path, evaluator: Evaluator) -> float:
     return success
 
 
-def warm_start_report(preset: str) -> dict[str, Any] | None:
-    """The cached embedded model's warm_start.json: which model the numbers belong to."""
+def warm_start_report(preset: str, model: str | None = None) -> dict[str, Any] | None:
+    """The model's warm_start.json (the cached embedded model's, or a built variant's): which
+    model the numbers belong to."""
     from icrl_cli.config import resolve
     from icrl_cli.tiny import tiny_model_dir
 
-    name = resolve(preset, []).model.name
-    if name not in ("tiny", "tiny-household"):
+    name = model or resolve(preset, []).model.name
+    if model is not None:
+        directory = Path(model)
+    elif name in ("tiny", "tiny-household"):
+        directory = tiny_model_dir(name)
+    else:
         return None
-    directory = tiny_model_dir(name)
     return {
         "model": name,
         "dir": str(directory),
@@ -282,7 +321,19 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed and a few steps per preset")
     parser.add_argument("--presets", nargs="+", default=["tiny-math", "tiny-household"])
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument(
+        "--experiment",
+        choices=list(EXPERIMENTS),
+        default="main",
+        help="main: every algorithm and two ICRL ablations; leaky: the leaky-critic testbed "
+        "(tiny-math only, on the copy_leaks variant of the tiny model, built on first use).",
+    )
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        choices=list(ALL_CONFIGS),
+        help="A subset of the experiment's configurations (default: all of them).",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, help="Override the plan's seeds.")
     parser.add_argument("--steps", type=int, help="Override the plan's training steps.")
     parser.add_argument("--eval-every", type=int, help="Override the checkpoint interval.")
@@ -323,7 +374,7 @@ def choose_plans(args: argparse.Namespace) -> dict[str, Plan]:
 
 
 def plan_jobs(
-    plans: dict[str, Plan], configs: list[str], out: Path, threads: int
+    plans: dict[str, Plan], configs: list[str], out: Path, threads: int, model: str | None
 ) -> list[dict[str, Any]]:
     jobs = []
     for preset, plan in plans.items():
@@ -331,7 +382,7 @@ def plan_jobs(
             for config in configs:
                 run_dir = out / preset / slug(config) / f"seed-{seed}"
                 job = {"preset": preset, "config": config, "seed": seed, "plan": asdict(plan)}
-                jobs.append({**job, "run_dir": str(run_dir), "threads": threads})
+                jobs.append({**job, "run_dir": str(run_dir), "threads": threads, "model": model})
     return jobs
 
 
@@ -355,9 +406,11 @@ def run_pending(
     return runs
 
 
-def unfinished_results(jobs: list[dict[str, Any]], plans: dict[str, Plan]) -> list[dict[str, Any]]:
+def unfinished_results(
+    jobs: list[dict[str, Any]], plans: dict[str, Plan], model: str | None
+) -> list[dict[str, Any]]:
     """``partial_result`` of each run without a ``result.json`` that has written a checkpoint."""
-    evaluators = {preset: Evaluator(preset, plan) for preset, plan in plans.items()}
+    evaluators = {preset: Evaluator(preset, plan, model) for preset, plan in plans.items()}
     runs = []
     for job in jobs:
         if read_result(Path(job["run_dir"])) is None:
@@ -373,28 +426,35 @@ def main() -> None:
         complete_run(json.loads(args.run))
         return
 
+    leaky = args.experiment == "leaky"
+    if leaky:
+        args.presets = ["tiny-math"]
+    configs = args.configs or list(EXPERIMENTS[args.experiment])
     plans = choose_plans(args)
-    out = args.out or Path("bench/out") / ("reproduce-quick" if args.quick else "reproduce")
+    name = "reproduce-quick" if args.quick else "reproduce"
+    out = args.out or Path("bench/out") / (f"{name}-leaky" if leaky else name)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     import torch
 
     torch.set_num_threads(args.threads)
+    model = str(copy_leaks_model(out)) if leaky else None
     bases, models = {}, {}
     for preset, plan in plans.items():
-        models[preset] = warm_start_report(preset)
-        bases[preset] = base_success(preset, out, Evaluator(preset, plan))
-    jobs = plan_jobs(plans, args.configs, out, args.threads)
+        models[preset] = warm_start_report(preset, model)
+        bases[preset] = base_success(preset, out, Evaluator(preset, plan, model))
+    jobs = plan_jobs(plans, configs, out, args.threads, model)
     runs = [r for r in (read_result(Path(j["run_dir"])) for j in jobs) if r is not None]
     pending = [j for j in jobs if read_result(Path(j["run_dir"])) is None]
     print(f"{len(runs)} runs complete, {len(pending)} to go", flush=True)
     if pending and not args.summarise_only:
         runs += run_pending(pending, args.jobs, started)
     if args.include_unfinished:
-        runs += unfinished_results(jobs, plans)
+        runs += unfinished_results(jobs, plans, model)
     order = {(j["preset"], j["config"], j["seed"]): i for i, j in enumerate(jobs)}
     runs.sort(key=lambda r: order[(r["preset"], r["config"], r["seed"])])
-    summary = summarise(runs, bases, plans, models, CONFIGS)
+    summary = summarise(runs, bases, plans, models, configs)
+    summary["experiment"] = args.experiment
     summary["runs"] = runs
     summary["elapsed_s"] = time.perf_counter() - started
     write_json(out / "results.json", summary)

@@ -1,15 +1,20 @@
 """The plans and summaries of ``bench/reproduce.py``: how long each preset trains and how it is
-evaluated; per-configuration numbers over seeds, the markdown table of ``results.md`` and each
-preset's ``PRESET-success.png`` and ``PRESET-w_revision.png``.
+evaluated; per-configuration numbers over seeds with bootstrap confidence intervals, at equal
+optimizer steps and at equal generated samples; the markdown of ``results.md`` and each
+preset's plots.
 """
 
 from __future__ import annotations
 
+import bisect
+import random
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+BOOTSTRAP_DRAWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -22,56 +27,231 @@ class Plan:
     seeds: tuple[int, ...]
 
 
-def spread(values: list[float]) -> tuple[float, float, float, float]:
-    """Mean, sample standard deviation (0 for one value), min and max."""
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return statistics.fmean(values), sd, min(values), max(values)
+def bootstrap_ci(
+    values: Sequence[float],
+    other: Sequence[float] | None = None,
+    draws: int = BOOTSTRAP_DRAWS,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """The 95% percentile bootstrap interval of the mean of ``values`` over seeds, or with
+    ``other`` of the difference of means (each resampled on its own: the runs of two
+    configurations share a seed number, not a trajectory). With five seeds the interval is
+    narrower than it should be (the bootstrap's small-sample bias), which favours finding a
+    difference; read a gap whose interval barely excludes 0 as weak evidence."""
+    rng = random.Random(seed)
+    means = []
+    for _ in range(draws):
+        mean = statistics.fmean(rng.choices(values, k=len(values)))
+        if other is not None:
+            mean -= statistics.fmean(rng.choices(other, k=len(other)))
+        means.append(mean)
+    means.sort()
+    return means[int(0.025 * draws)], means[int(0.975 * draws) - 1]
 
 
-def curve(runs: list[dict[str, Any]], base: float) -> dict[int, tuple[float, float, float, float]]:
+def cumulative_samples(run: dict[str, Any]) -> list[int]:
+    """Samples generated (attempts, critiques, revisions) up to and including each step."""
+    total, out = 0, []
+    for count in run["samples"]:
+        total += count or 0
+        out.append(total)
+    return out
+
+
+def success_at_samples(run: dict[str, Any], base: float, budget: float) -> float | None:
+    """Held-out success after ``budget`` generated samples, interpolated linearly between the
+    run's evaluated checkpoints (step 0 is the base model at 0 samples); None if the run had not
+    generated that many by its last evaluation."""
+    seen = cumulative_samples(run)
+    points = [(0.0, base)] + [
+        (float(seen[step - 1]), run["success"][step])
+        for step in sorted(run["success"])
+        if step <= len(seen)
+    ]
+    xs = [x for x, _ in points]
+    if budget > xs[-1]:
+        return None
+    right = bisect.bisect_left(xs, budget)
+    if xs[right] == budget:
+        return points[right][1]
+    (x0, y0), (x1, y1) = points[right - 1], points[right]
+    return y0 + (y1 - y0) * (budget - x0) / (x1 - x0)
+
+
+def tail_mean(series: list[float | None], last_fraction: float = 0.2) -> float | None:
+    """Mean of a per-step series over the last ``last_fraction`` of the steps (None skipped)."""
+    tail = [v for v in series[int(len(series) * (1 - last_fraction)) :] if v is not None]
+    return statistics.fmean(tail) if tail else None
+
+
+def mean_of(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if known else None
+
+
+def compare(values: list[float], reference: list[float] | None) -> dict[str, Any]:
+    """Mean, 95% CI and per-seed values; with ``reference`` the difference from its mean and
+    that difference's 95% CI."""
+    row: dict[str, Any] = {"per_seed": values}
+    if not values:
+        return row
+    row["mean"] = statistics.fmean(values)
+    row["ci"] = bootstrap_ci(values)
+    if reference:
+        row["diff"] = row["mean"] - statistics.fmean(reference)
+        row["diff_ci"] = bootstrap_ci(values, reference)
+    return row
+
+
+def sample_budget(runs: list[dict[str, Any]]) -> float:
+    """The equal-samples point: the fewest samples any run had generated at its last
+    evaluation, so every run's success there is interpolated, never extrapolated."""
+    return float(min(cumulative_samples(r)[max(r["success"]) - 1] for r in runs))
+
+
+def summarise(
+    runs: list[dict[str, Any]],
+    bases: dict[str, float],
+    plans: dict[str, Plan],
+    models: dict,
+    order: Iterable[str],
+) -> dict[str, Any]:
+    """Each preset's plan, model and one row per configuration, configurations in ``order``;
+    differences are against the first configuration of ``order`` that has runs."""
+    presets: dict[str, Any] = {}
+    for preset, plan in plans.items():
+        chosen = {
+            config: [r for r in runs if (r["preset"], r["config"]) == (preset, config)]
+            for config in order
+        }
+        chosen = {config: rows for config, rows in chosen.items() if rows}
+        if not chosen:
+            continue
+        base = bases[preset]
+        evaluated = [r for rows in chosen.values() for r in rows if r["success"]]
+        budget = sample_budget(evaluated) if evaluated else 0.0
+        at_steps = {
+            config: [r["success"][plan.steps] for r in rows if plan.steps in r["success"]]
+            for config, rows in chosen.items()
+        }
+        at_samples = {
+            config: [
+                v for v in (success_at_samples(r, base, budget) for r in rows) if v is not None
+            ]
+            for config, rows in chosen.items()
+        }
+        reference = next(iter(chosen))
+        configs: dict[str, Any] = {}
+        for config, rows in chosen.items():
+            is_reference = config == reference
+            configs[config] = {
+                "seeds": [r["seed"] for r in rows],
+                "curve": curve(rows, base),
+                "equal_steps": compare(
+                    at_steps[config], None if is_reference else at_steps[reference]
+                ),
+                "equal_samples": compare(
+                    at_samples[config], None if is_reference else at_samples[reference]
+                ),
+                "samples_at_plan_steps": mean_of(
+                    cumulative_samples(r)[plan.steps - 1]
+                    for r in rows
+                    if len(r["samples"]) >= plan.steps
+                ),
+                "steps_done": min(r.get("steps_done", r["steps"]) for r in rows),
+                "steps": max(r["steps"] for r in rows),
+                "w_mean_revision_tail": mean_of(tail_mean(r["w_mean_revision"]) for r in rows),
+                "w_at_divergence_tail": mean_of(tail_mean(r["w_at_divergence"]) for r in rows),
+                "w_below_half_tail": mean_of(tail_mean(r["w_below_half"]) for r in rows),
+                "wall_s_mean": mean_of(r["wall_s"] for r in rows),
+            }
+        presets[preset] = {
+            "plan": vars(plan),
+            "model": models.get(preset),
+            "base_success": base,
+            "reference": reference,
+            "sample_budget": budget,
+            "configs": configs,
+        }
+    return {"presets": presets}
+
+
+def curve(runs: list[dict[str, Any]], base: float) -> dict[int, dict[str, float]]:
+    """Per evaluated step: mean success over seeds and mean samples generated by then."""
     steps = sorted({s for r in runs for s in r["success"]})
-    points = {0: (base, 0.0, base, base)}
+    points = {0: {"success": base, "samples": 0.0}}
     for step in steps:
-        points[step] = spread([r["success"][step] for r in runs if step in r["success"]])
+        having = [r for r in runs if step in r["success"] and len(r["samples"]) >= step]
+        if having:
+            points[step] = {
+                "success": statistics.fmean(r["success"][step] for r in having),
+                "samples": statistics.fmean(cumulative_samples(r)[step - 1] for r in having),
+            }
     return points
 
 
-def revision_weight(run: dict[str, Any], last_fraction: float = 0.2) -> float | None:
-    """Mean ``calib/w_mean_revision`` over the last ``last_fraction`` of the steps."""
-    series = run["w_mean_revision"]
-    tail = [w for w in series[int(len(series) * (1 - last_fraction)) :] if w is not None]
-    return statistics.fmean(tail) if tail else None
+def _interval(row: dict[str, Any], key: str = "ci") -> str:
+    if key not in row:
+        return "–"
+    lo, hi = row[key]
+    return f"[{lo:+.3f}, {hi:+.3f}]" if key == "diff_ci" else f"[{lo:.3f}, {hi:.3f}]"
+
+
+def _cell(row: dict[str, Any]) -> str:
+    if "mean" not in row:
+        return "–"
+    return f"{row['mean']:.3f} {_interval(row)}"
+
+
+def _diff(row: dict[str, Any]) -> str:
+    if "diff" not in row:
+        return "–"
+    return f"{row['diff']:+.3f} {_interval(row, 'diff_ci')}"
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def markdown(summary: dict[str, Any]) -> str:
     lines = []
     for preset, block in summary["presets"].items():
-        plan = block["plan"]
+        plan, reference = block["plan"], block["reference"]
+        budget = block["sample_budget"]
         lines += [
-            f"### {preset}: {plan['steps']} steps, seeds {plan['seeds']}, "
-            f"held-out n = {plan['eval_limit']}",
+            f"### {preset}: {plan['steps']} steps, seeds {list(plan['seeds'])}, "
+            f"held-out n = {plan['eval_limit']}, base model {block['base_success']:.3f}",
             "",
-            "| configuration | success, step 0 | success, last step (mean ± sd) | per seed "
-            "| best step (mean) | w_mean_revision, last 20% | run wall time (s) |",
-            "|---|---|---|---|---|---|---|",
+            f"Critique-free held-out success, mean over seeds [95% bootstrap CI]; Δ is the "
+            f"difference from `{reference}` [its 95% CI]. Equal steps: after {plan['steps']} "
+            f"optimizer steps. Equal samples: after {budget:.0f} generated samples (attempts, "
+            "critiques and revisions), interpolated between checkpoints.",
+            "",
+            f"| configuration | step {plan['steps']} | Δ | per seed | samples by step "
+            f"{plan['steps']} | {budget:.0f} samples | Δ | w̄ revision | w at divergence "
+            "| w < 0.5 | run wall (s) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for config, row in block["configs"].items():
-            points = {int(k): v for k, v in row["curve"].items()}
-            last = max(points)
-            mean, sd, _, _ = points[last]
-            best = max(points, key=lambda s: points[s][0])
-            per_seed = ", ".join(f"{v:.3f}" for v in row["final_per_seed"])
-            weight, wall = row["w_mean_revision_tail"], row["wall_s_mean"]
+            steps, samples = row["equal_steps"], row["equal_samples"]
             name = config
-            if row["steps_done"] < plan["steps"]:
-                name += f" (unfinished: step {row['steps_done']}, evaluated to {last})"
+            if row["steps_done"] < row["steps"]:
+                name += f" (unfinished: step {row['steps_done']} of {row['steps']})"
+            per_seed = ", ".join(f"{v:.3f}" for v in steps["per_seed"])
             lines.append(
-                f"| {name} | {points[0][0]:.3f} | {mean:.3f} ± {sd:.3f} | {per_seed} "
-                f"| {points[best][0]:.3f} @ {best} "
-                f"| {'–' if weight is None else f'{weight:.3f}'} "
-                f"| {'–' if wall is None else f'{wall:.0f}'} |"
+                f"| {name} | {_cell(steps)} | {_diff(steps)} | {per_seed} "
+                f"| {_number(row['samples_at_plan_steps'], 0)} | {_cell(samples)} "
+                f"| {_diff(samples)} | {_number(row['w_mean_revision_tail'])} "
+                f"| {_number(row['w_at_divergence_tail'])} | {_number(row['w_below_half_tail'])} "
+                f"| {_number(row['wall_s_mean'], 0)} |"
             )
-        lines.append("")
+        lines += [
+            "",
+            "w̄ revision, w at divergence and w < 0.5 (the share of revision tokens with a weight "
+            "below 0.5) are means over the last 20% of steps, logged whatever the calibration "
+            "mode.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -83,73 +263,47 @@ def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> list
 
     written = []
     for preset, block in summary["presets"].items():
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for config, row in block["configs"].items():
-            points = sorted((int(k), v) for k, v in row["curve"].items())
-            steps = [s for s, _ in points]
-            ax.plot(steps, [p[0] for _, p in points], marker="o", label=config)
-            ax.fill_between(steps, [p[2] for _, p in points], [p[3] for _, p in points], alpha=0.2)
         seeds = len(block["plan"]["seeds"])
-        title = f"{preset}: mean of {seeds} seed(s), band = min..max"
-        written.append(
-            save(fig, ax, "critique-free success (held-out)", title, out, preset, "success")
-        )
+        for axis_key, xlabel in (("step", "training step"), ("samples", "samples generated")):
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for config, row in block["configs"].items():
+                points = sorted((int(k), v) for k, v in row["curve"].items())
+                xs = [s if axis_key == "step" else p["samples"] for s, p in points]
+                ax.plot(xs, [p["success"] for _, p in points], marker="o", ms=3, label=config)
+            if axis_key == "samples":
+                ax.axvline(block["sample_budget"], color="grey", lw=0.8, ls="--")
+            title = f"{preset}: mean of {seeds} seed(s)"
+            name = "success" if axis_key == "step" else "success-samples"
+            written.append(
+                save(fig, ax, xlabel, "critique-free success (held-out)", title, out, preset, name)
+            )
 
         fig, ax = plt.subplots(figsize=(6, 4))
         for config in block["configs"]:
-            series = [
-                r["w_mean_revision"] for r in runs if (r["preset"], r["config"]) == (preset, config)
-            ]
-            longest = max(map(len, series))
-            steps = range(1, longest + 1)
-            means = []
-            for values in zip(*(w + [None] * (longest - len(w)) for w in series), strict=True):
-                known = [v for v in values if v is not None]
-                means.append(statistics.fmean(known) if known else float("nan"))
-            if any(m == m for m in means):  # NaN != NaN: skip configurations without revisions
-                ax.plot(steps, means, label=config)
-        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        title = f"{preset}: mean calibration weight on revisions (seed mean)"
-        written.append(save(fig, ax, "calib/w_mean_revision", title, out, preset, "w_revision"))
+            for key, style in (("w_mean_revision", "-"), ("w_at_divergence", "--")):
+                series = [r[key] for r in runs if (r["preset"], r["config"]) == (preset, config)]
+                longest = max(map(len, series))
+                padded = [s + [None] * (longest - len(s)) for s in series]
+                means = [mean_of(values) for values in zip(*padded, strict=True)]
+                if any(m is not None for m in means):
+                    ys = [float("nan") if m is None else m for m in means]
+                    label = f"{config}: {'w mean' if style == '-' else 'w at divergence'}"
+                    ax.plot(range(1, longest + 1), ys, style, label=label)
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        title = f"{preset}: calibration weight on revisions (seed mean)"
+        written.append(save(fig, ax, "training step", "w", title, out, preset, "w_revision"))
     return written
 
 
-def save(fig: Any, ax: Any, ylabel: str, title: str, out: Path, preset: str, name: str) -> Path:
+def save(
+    fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, out: Path, preset: str, name: str
+) -> Path:
     import matplotlib.pyplot as plt
 
-    ax.set(xlabel="training step", ylabel=ylabel, title=title)
-    ax.legend(fontsize=8)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / f"{preset}-{name}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def summarise(
-    runs: list[dict[str, Any]],
-    bases: dict[str, float],
-    plans: dict[str, Plan],
-    models: dict,
-    order: Iterable[str],
-) -> dict[str, Any]:
-    """Each preset's plan, model and one row per configuration, configurations in ``order``."""
-    presets: dict[str, Any] = {}
-    for preset, plan in plans.items():
-        configs: dict[str, Any] = {}
-        for config in order:
-            chosen = [r for r in runs if (r["preset"], r["config"]) == (preset, config)]
-            if not chosen:
-                continue
-            weights = [w for w in map(revision_weight, chosen) if w is not None]
-            walls = [r["wall_s"] for r in chosen if r["wall_s"] is not None]
-            configs[config] = {
-                "curve": curve(chosen, bases[preset]),
-                "final_per_seed": [r["success"][max(r["success"])] for r in chosen],
-                "seeds": [r["seed"] for r in chosen],
-                "steps_done": min(r.get("steps_done", r["steps"]) for r in chosen),
-                "w_mean_revision_tail": statistics.fmean(weights) if weights else None,
-                "wall_s_mean": statistics.fmean(walls) if walls else None,
-            }
-        presets[preset] = {"plan": vars(plan), "model": models[preset], "configs": configs}
-    return {"presets": presets}

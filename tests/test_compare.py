@@ -113,5 +113,10 @@ def test_critique_compare_writes_a_table_json_and_chart(tiny_dir, tmp_path):
     failed = round(8 * (1 - rule["success_round1"]))
     assert self_["revisions"] == rule["revisions"] == failed
     assert rule["critique_tokens_mean"] is None and self_["critique_tokens_mean"] > 0
+    assert rule["fix_rate_per_100_tokens"] is None
+    # Oracle gate: one critique per failed attempt, so the fixes per 100 critique tokens.
+    fixes = self_["fix_rate"] * failed
+    tokens = self_["critique_tokens_mean"] * failed
+    assert self_["fix_rate_per_100_tokens"] == pytest.approx(100 * fixes / tokens)
     assert rule["break_rate"] is None
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -105,7 +105,7 @@ def test_the_expert_critic_needs_an_environment_with_expert_critiques(tmp_path):
     env = environments.make("math", data=str(rows))
     task = env.tasks(env.splits()[0])[0]
     _, attempt = sum_attempts("\\boxed{20}", 1)[0]
-    with pytest.raises(environments.EnvError, match="no expert critique"):
+    with pytest.raises(environments.EnvError, match="has no expert critiques"):
         ExpertCritic(PROMPTS).critique(env, [(task, attempt)])
 
 

@@ -62,6 +62,9 @@ class CriticComparison:
     fix_rate: float | None  # revisions of a failed attempt that succeeded
     break_rate: float | None  # ungated only: revisions of a success that failed
     critique_tokens_mean: float | None  # generated tokens per critique (None: rule)
+    # fix_rate per 100 tokens of the mean critique (None without tokens); under the oracle gate,
+    # where every critique reads a failed attempt, the fixes per 100 critique tokens
+    fix_rate_per_100_tokens: float | None
     critic_reward_mean: float | None
     success_by_round: list[float]
     wall_s: float  # critiques and revisions, round-1 attempts excluded
@@ -84,10 +87,20 @@ def critic_comparison(
         fix_rate=metrics["sessions/fix_rate"],
         break_rate=metrics["sessions/break_rate"],
         critique_tokens_mean=metrics["critic/tokens_mean"],
+        fix_rate_per_100_tokens=per_100_tokens(
+            metrics["sessions/fix_rate"], metrics["critic/tokens_mean"]
+        ),
         critic_reward_mean=metrics["critic/reward_mean"],
         success_by_round=success_by_round(samples, rounds),
         wall_s=wall_s,
     )
+
+
+def per_100_tokens(rate: float | None, tokens_mean: float | None) -> float | None:
+    """``rate`` per 100 tokens of a mean critique of ``tokens_mean`` tokens."""
+    if rate is None or not tokens_mean:
+        return None
+    return 100.0 * rate / tokens_mean
 
 
 @dataclass
@@ -199,6 +212,7 @@ def compare_table(result: CompareResult) -> Table:
         "Δ success",
         "final",
         "critique tokens",
+        "fix rate / 100 tokens",
         "wall s",
         title=(
             f"{result.model} on {result.env}:{result.data} ({result.split}, {result.n} tasks × "
@@ -216,6 +230,7 @@ def compare_table(result: CompareResult) -> Table:
             f"{c.delta_success:+.3f}",
             f"{c.success_final:.3f}",
             _cell(c.critique_tokens_mean, 1),
+            _cell(c.fix_rate_per_100_tokens, 2),
             f"{c.wall_s:.1f}",
         )
     return table

@@ -134,14 +134,17 @@ class RuleCritic:
 
 
 class ExpertCritic:
-    """The environment's expert critique (``Environment.critique_demonstration``: for synthetic
-    math, the first running sum the attempt gets wrong, written out right), except that with
-    probability ``leak`` it hands over the rule critic's text instead, which carries the gold
-    answer.
+    """The environment's expert critique (``Environment.critique_demonstration`` of what the
+    critic would read: for synthetic math, the first running sum the attempt gets wrong,
+    written out right), except that with probability ``leak`` it hands over the rule critic's
+    text instead, which carries the gold answer.
 
     A testbed for the calibration weight: a hint names something the solver could have written
     itself, a leaked answer something it could not. Each draw uses Python's global random
-    generator, which checkpoints save and restore, so a resumed run draws the same leaks."""
+    generator, which checkpoints save and restore, so a resumed run draws the same leaks. An
+    environment without expert critiques (one that has none even for an empty attempt) is an
+    error; where the expert finds nothing wrong with an attempt, the rule critic's text is
+    used."""
 
     trainable = False
 
@@ -153,16 +156,17 @@ class ExpertCritic:
     ) -> list[tuple[str, Sample | None]]:
         results: list[tuple[str, Sample | None]] = []
         for task, attempt in attempts:
+            rule = rule_critique(task, attempt.success, self.prompts)
             if self.leak > 0 and random.random() < self.leak:
-                results.append((rule_critique(task, attempt.success, self.prompts), None))
+                results.append((rule, None))
                 continue
-            hint = env.critique_demonstration(task, attempt.text)
-            if hint is None:
+            hint = env.critique_demonstration(task, attempt_summary(env, task, attempt))
+            if hint is None and env.critique_demonstration(task, "") is None:
                 raise EnvError(
-                    f"{env.name} has no expert critique of task {task.id}; the expert and "
-                    "leaky critics need one (synthetic math, household)"
+                    f"{env.name} has no expert critiques; the expert and leaky critics need an "
+                    "environment with them (synthetic math, household)"
                 )
-            results.append((hint, None))
+            results.append((rule if hint is None else hint, None))
         return results
 
 
