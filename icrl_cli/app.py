@@ -388,11 +388,20 @@ def rollout(
 @app.command("critique-compare")
 @user_errors
 def critique_compare(
-    model: Annotated[str, typer.Option(help="The solver. " + MODEL_HELP)],
+    model: Annotated[
+        str | None, typer.Option(help="The solver. " + MODEL_HELP + " (default: the preset's)")
+    ] = None,
     critic: Annotated[
         list[str] | None, typer.Option(help=f"NAME=SPEC, repeatable; SPEC is {CRITIC_HELP}")
     ] = None,
-    env: Annotated[str, typer.Option(help=ENV_HELP)] = "math",
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Compare under this preset's environment, data, options, eval split and "
+            "generation settings (flags given here win)."
+        ),
+    ] = None,
+    env: Annotated[str | None, typer.Option(help=ENV_HELP)] = None,
     data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
     split: Annotated[str | None, typer.Option(help=SPLIT_HELP)] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="The first N tasks.")] = None,
@@ -404,36 +413,47 @@ def critique_compare(
     output: Annotated[
         Path | None, typer.Option(help="Write the result as JSON here, and a bar chart beside it.")
     ] = None,
-    temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 1.0,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 512,
+    temperature: Annotated[
+        float | None, typer.Option(min=0.0, help="0 is greedy (default: 1, or the preset's).")
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Per attempt (default: 512, or the preset's).")
+    ] = None,
     critic_max_new_tokens: Annotated[int | None, typer.Option(min=1, help=CRITIC_BUDGET_HELP)] = (
         None
     ),
     seed: Annotated[int, typer.Option()] = 0,
-    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "hf",
+    backend: Annotated[
+        str | None, typer.Option(help=BACKEND_HELP + " (default: the preset's, else hf)")
+    ] = None,
 ) -> None:
     """Critics on the same attempts: fix and break rates, Δ success, critique tokens, time."""
     from icrl_cli.components import make_environment
     from icrl_cli.evaluation.compare import compare_critics, compare_table, plot_comparison
-    from icrl_cli.evaluation.evaluate import default_split
+    from icrl_cli.evaluation.evaluate import default_split, preset_measurement
 
-    environment = make_environment(env, data, {})
+    chosen = preset_measurement(resolve(preset, []) if preset else None, env, data)
+    model = model or chosen.model
+    if model is None:
+        raise ConfigError("give --model, or a --preset whose model is the solver")
+    data = data or chosen.data
+    environment = make_environment(chosen.env, data, chosen.options)
     result = compare_critics(
         model,
         environment,
-        env,
+        chosen.env,
         data or "default",
-        split or default_split(environment),
+        split or chosen.split or default_split(environment),
         critic or [],
         limit,
         rounds,
         gate,
         samples,
-        max_new_tokens,
-        temperature,
+        max_new_tokens or chosen.max_new_tokens,
+        chosen.temperature if temperature is None else temperature,
         seed,
-        critic_max_new_tokens,
-        backend,
+        critic_max_new_tokens or chosen.critic_max_new_tokens,
+        backend or chosen.generation.get("backend", "hf"),
     )
     console.print(compare_table(result))
     if output is not None:

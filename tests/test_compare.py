@@ -9,7 +9,7 @@ from scripted import PROMPTS, QueueBackend, icrl
 from session_settings import session_settings
 
 import environments
-from icrl_cli.evaluation.compare import critic_comparison, parse_named_critics
+from icrl_cli.evaluation.compare import compare_critics, critic_comparison, parse_named_critics
 from icrl_cli.rollout.critics import RuleCritic, parse_critic_spec
 from icrl_cli.rollout.sessions import continue_sessions, open_sessions
 from icrl_cli.tiny import build_tokenizer
@@ -120,3 +120,18 @@ def test_critique_compare_writes_a_table_json_and_chart(tiny_dir, tmp_path):
     assert self_["fix_rate_per_100_tokens"] == pytest.approx(100 * fixes / tokens)
     assert rule["break_rate"] is None
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_critique_compare_under_a_preset_plays_its_task_and_budgets(tiny_dir, tmp_path):
+    out = tmp_path / "compare.json"
+    result = icrl("critique-compare --preset tiny-math --critic rule=rule --limit 8 --output", out)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert (data["model"], data["data"], data["split"]) == ("tiny", "synthetic", "test")
+    # The preset's task (sums of four digits) and budgets, as if given one by one.
+    env = environments.make("math", data="synthetic", digits=1, terms=4)
+    direct = compare_critics(
+        "tiny", env, "math", "synthetic", "test", ["rule=rule"], 8, 2, "oracle", 1, 40, 1.0, 0, 24
+    )
+    assert data["critics"][0]["success_by_round"] == direct.critics[0].success_by_round
+    assert data["critics"][0]["revisions"] == direct.critics[0].revisions

@@ -117,15 +117,20 @@ def warm_start(
     return supervise(model, tokenizer, pairs, measure, accept, rng, seed)
 
 
-def build(target: Path, seed: int = 0, copy_leaks: bool = False) -> None:
-    """Build ``tiny`` into the directory ``target`` (with ``copy_leaks``, the variant whose
-    revisions copy a leaked answer; see ``demonstrations``)."""
+def build(
+    target: Path, seed: int = 0, copy_leaks: bool = False, layers: int = 4, hidden: int = 256
+) -> None:
+    """Build ``tiny`` into the directory ``target``; variants: ``copy_leaks`` (revisions copy a
+    leaked answer; see ``demonstrations``) and another network shape, warm-started the same
+    way (``bench/critics.py``'s larger frozen critic)."""
     tokenizer = build_tokenizer()
-    model = build_model(tokenizer, seed)
+    model = build_model(tokenizer, seed, layers=layers, hidden=hidden)
     env = environments.make("math", **TINY_TASK)
     prompts = Prompts(**TINY_PROMPTS)
     steps, measured = warm_start(model, tokenizer, env, prompts, seed, copy_leaks)
-    report = {"supervised_steps": steps, "task": TINY_TASK, "held_out": measured}
+    report: dict[str, object] = {"supervised_steps": steps, "task": TINY_TASK, "held_out": measured}
     if copy_leaks:
         report["copy_leaks"] = True
+    if (layers, hidden) != (4, 256):
+        report["shape"] = {"layers": layers, "hidden": hidden}
     save(target, model, tokenizer, TINY_PROMPTS, report)

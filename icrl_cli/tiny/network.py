@@ -47,16 +47,23 @@ def wrap_tokenizer(backend: Tokenizer) -> PreTrainedTokenizerFast:
 
 
 def build_model(
-    tokenizer: PreTrainedTokenizerFast, seed: int = 0, max_positions: int = 1024
+    tokenizer: PreTrainedTokenizerFast,
+    seed: int = 0,
+    max_positions: int = 1024,
+    layers: int = 4,
+    hidden: int = 256,
 ) -> Qwen3ForCausalLM:
-    """4 layers, 256 wide, grouped-query attention: about 3 million parameters."""
+    """4 layers, 256 wide, grouped-query attention: about 3 million parameters. Other shapes
+    keep the proportions: an MLP three times as wide, 64-wide heads, two query heads per key
+    and value head (8 layers × 512: about 25 million)."""
+    heads = hidden // 64
     config = Qwen3Config(
         vocab_size=len(tokenizer),
-        hidden_size=256,
-        intermediate_size=768,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=hidden,
+        intermediate_size=3 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
         head_dim=64,
         max_position_embeddings=max_positions,
         tie_word_embeddings=True,
