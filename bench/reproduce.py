@@ -1,29 +1,42 @@
-"""Reproduce the tiny comparisons: every algorithm and two ICRL ablations, several seeds.
+"""Reproduce the tiny comparisons: every algorithm and two ICRL ablations, or the leaky-critic
+testbed, over seeds, with bootstrap confidence intervals.
 
-What is measured, for each preset (``tiny-math``, ``tiny-household``), configuration (``icrl``,
-``grpo``, ``critique-grpo``, ICRL with ``algo.calibration=none``, ICRL with
-``algo.advantage_grouping=query``) and seed:
+What is measured, for each preset (``tiny-math``, ``tiny-household``), configuration and seed:
 
 * critique-free round-1 success on the preset's held-out split (``env.eval_split``), measured on
   the checkpoints a run writes every ``--eval-every`` steps (and on the untrained model at step
   0), with ``icrl_cli.evaluation.evaluate.evaluate``: one sample per task at the training
   temperature and ``max_new_tokens``, evaluation seed 0;
-* the mean calibration weight on revision tokens, ``calib/w_mean_revision``, at every step (from
-  the run's ``metrics.jsonl``);
+* per step, from the run's ``metrics.jsonl``: the samples generated, the step's time, the mean
+  calibration weight on revision tokens and where it bites (``calib/w_at_divergence``,
+  ``calib/w_below_half``);
 * the wall time of each training run.
 
-Every configuration trains the same number of steps from the same cached model. Each run (an
-``icrl train`` subprocess, then its evaluations) is a process of its own with ``--threads`` torch
-threads, ``--jobs`` of them at a time. The script is resumable: a run with a ``result.json`` is
-skipped, an interrupted one continues from its last checkpoint (``icrl train --resume``), and
-evaluations already made are kept in the run's ``evals.json``. Checkpoints are deleted once
-evaluated. ``--summarise-only`` tabulates whatever is complete (e.g. while a long run goes on).
+Two comparisons come out of the same runs: at **equal optimizer steps** (every configuration's
+checkpoint at the plan's step count) and at **equal generated samples** (success interpolated
+between checkpoints at the fewest samples any run reached; GRPO trains twice the steps so that
+its curve gets there). Each cell is a mean over seeds with a 95% bootstrap interval, and each
+configuration's difference from the first one has its own interval.
+
+Experiments (``--experiment``): ``main``, the five configurations ``icrl``, ``grpo``,
+``critique-grpo``, ICRL with ``algo.calibration=none`` and ICRL with
+``algo.advantage_grouping=query``; ``leaky``, ICRL with a frozen critic that hands over the
+answer half the time (``leaky:0.5``) or only gives hints (``expert``), calibration on and off,
+on the tiny model's copy_leaks variant (built on first use into the output folder).
+
+Each run (an ``icrl train`` subprocess, then its evaluations) is a process of its own with
+``--threads`` torch threads, ``--jobs`` of them at a time. The script is resumable: a run with a
+``result.json`` is skipped, an interrupted one continues from its last checkpoint (``icrl train
+--resume``), and evaluations already made are kept in the run's ``evals.json``. Checkpoints are
+deleted once evaluated. ``--summarise-only`` tabulates whatever is complete.
 
 Outputs in ``--out``: ``results.json`` (every number), ``results.md`` (the table, also printed)
-and, per preset, ``PRESET-success.png`` and ``PRESET-w_revision.png``.
+and, per preset, ``PRESET-success.png`` (against steps), ``PRESET-success-samples.png`` (against
+samples) and ``PRESET-w_revision.png``.
 
     python bench/reproduce.py --quick                  # 1 seed, few steps: minutes on 2 cores
-    python bench/reproduce.py                          # 3 seeds, the presets' full runs: hours
+    python bench/reproduce.py --presets tiny-math      # 5 seeds × 5 configurations: about an hour
+    python bench/reproduce.py --experiment leaky       # 5 seeds × 4 configurations
     python bench/reproduce.py --presets tiny-math --seeds 0 1 2 --configs icrl grpo
 """
 
