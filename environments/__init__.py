@@ -4,6 +4,7 @@
 from environments import agentgym as _agentgym  # noqa: E402,F401
 from environments import household as _household  # noqa: E402,F401
 from environments import math as _math  # noqa: E402,F401
+from environments import searchqa as _searchqa  # noqa: E402,F401
 from environments.base import (
     EnvError,
     Environment,

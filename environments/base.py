@@ -96,6 +96,14 @@ def opening(task: Task, episode: Episode) -> str:
     return f"{first}\n{task.prompt}"
 
 
+Step = tuple[str, str]  # (thought, action): one turn of a ReAct trajectory
+
+
+def render_steps(steps: list[Step]) -> str:
+    """The ReAct text of a trajectory: one "Thought: … Action: …" line per step."""
+    return "\n".join(f"Thought: {thought} Action: {action}" for thought, action in steps)
+
+
 def react_action(reply: str) -> str:
     """The command in a ReAct reply ("Thought: … Action: <command>"): the first line after the
     last "Action:", stripped. AgentGym's parser keeps every line after it, so any chatter the

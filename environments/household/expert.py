@@ -5,15 +5,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from environments.base import react_action
+from environments.base import Step, react_action, render_steps  # noqa: F401 (re-exported)
 from environments.household.catalog import CAN_CONTAIN, TRANSFORMS
 from environments.household.world import NOTHING_HAPPENS, Goal, Thing, World
 
 PAST = {"clean": "cleaned", "heat": "heated", "cool": "cooled"}
 _VERBS = ("go to ", "take ", "put ", "move ", "open ", "close ", "clean ", "heat ", "cool ")
 _VERBS += ("use ", "examine ")
-
-Step = tuple[str, str]  # (thought, action)
 
 
 def plan(world: World, goal: Goal, search_from: str | None = None) -> list[Step]:
@@ -155,11 +153,6 @@ def put_command(world: World, thing: Thing, rec_name: str) -> str:
     if world.version == "0.3.3":
         return f"put {thing.name} in/on {rec_name}"
     return f"move {thing.name} to {rec_name}"
-
-
-def render_steps(steps: list[Step]) -> str:
-    """The ReAct text of a trajectory: one "Thought: … Action: …" line per step."""
-    return "\n".join(f"Thought: {thought} Action: {action}" for thought, action in steps)
 
 
 def parse_actions(attempt: str) -> list[str]:
