@@ -54,73 +54,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from reproduce_plans import (
+    ALL_CONFIGS,
+    EXPERIMENTS,
+    FULL,
+    QUICK,
+    copy_leaks_model,
+    run_steps,
+)
 from reproduce_report import Plan, markdown, plot, summarise
-
-# ``--set`` overrides of ``icrl train`` per configuration (values are TOML).
-CONFIGS: dict[str, list[str]] = {
-    "icrl": ["algo.name='icrl'"],
-    "grpo": ["algo.name='grpo'"],
-    "critique-grpo": ["algo.name='critique-grpo'"],
-    "icrl calibration=none": ["algo.name='icrl'", "algo.calibration='none'"],
-    "icrl advantage_grouping=query": ["algo.name='icrl'", "algo.advantage_grouping='query'"],
-}
-
-# The leaky-critic experiment (``--experiment leaky``): ICRL with a frozen expert critic that
-# hands over the gold answer half the time ("no:N") and otherwise names the first wrong running
-# sum, on the tiny build's copy_leaks variant, whose revisions copy a leaked answer into a
-# direct one. A copied answer is something the solver cannot write alone, so its calibration
-# weight should be small; without the weight it is trained into the critique-free prompt at
-# full strength. The hint-only critic is the control: there both arms should be alike.
-LEAKY_CONFIGS: dict[str, list[str]] = {
-    "leaky, calibrated": ["algo.name='icrl'", "algo.critic='leaky:0.5'"],
-    "leaky, calibration=none": [
-        "algo.name='icrl'",
-        "algo.critic='leaky:0.5'",
-        "algo.calibration='none'",
-    ],
-    "hints, calibrated": ["algo.name='icrl'", "algo.critic='expert'"],
-    "hints, calibration=none": [
-        "algo.name='icrl'",
-        "algo.critic='expert'",
-        "algo.calibration='none'",
-    ],
-}
-EXPERIMENTS = {"main": CONFIGS, "leaky": LEAKY_CONFIGS}
-ALL_CONFIGS = {**CONFIGS, **LEAKY_CONFIGS}
-
-
-def copy_leaks_model(out: Path) -> Path:
-    """The copy_leaks variant of the tiny model (built once, a few minutes, into ``out``)."""
-    from icrl_cli.tiny.math_build import build
-
-    target = out / "model"
-    if not (target / "model.safetensors").exists():
-        print(f"building the copy_leaks variant of tiny into {target}", flush=True)
-        build(target, copy_leaks=True)
-    return target
-
-
-# The full plans: tiny-math at its preset's length with three seeds. The tiny-household model
-# does not solve tasks yet (README), so its row only shows the machinery running.
-FULL = {
-    "tiny-math": Plan(steps=30, eval_every=5, eval_limit=500, seeds=(0, 1, 2, 3, 4)),
-    "tiny-household": Plan(steps=10, eval_every=5, eval_limit=16, seeds=(0,)),
-}
-QUICK = {
-    "tiny-math": Plan(steps=10, eval_every=5, eval_limit=200, seeds=(0,)),
-    "tiny-household": Plan(steps=2, eval_every=2, eval_limit=4, seeds=(0,)),
-}
-
-
-# A GRPO step generates about half the samples of an ICRL step (no critiques, no revisions), so
-# GRPO trains this many times the plan's steps: its curve then reaches the sample count the
-# others end at, and the equal-samples comparison needs no extrapolation. Its equal-steps point
-# is its checkpoint at the plan's step count.
-STEP_FACTOR = {"grpo": 2}
-
-
-def run_steps(config: str, plan: Plan) -> int:
-    return plan.steps * STEP_FACTOR.get(config, 1)
 
 
 def slug(config: str) -> str:
