@@ -279,7 +279,7 @@ def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> list
             )
 
         fig, ax = plt.subplots(figsize=(6, 4))
-        for config in block["configs"]:
+        for i, config in enumerate(block["configs"]):
             for key, style in (("w_mean_revision", "-"), ("w_at_divergence", "--")):
                 series = [r[key] for r in runs if (r["preset"], r["config"]) == (preset, config)]
                 longest = max(map(len, series))
@@ -288,9 +288,9 @@ def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> list
                 if any(m is not None for m in means):
                     ys = [float("nan") if m is None else m for m in means]
                     label = f"{config}: {'w mean' if style == '-' else 'w at divergence'}"
-                    ax.plot(range(1, longest + 1), ys, style, label=label)
+                    ax.plot(range(1, longest + 1), ys, style, color=f"C{i}", label=label)
         ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-        title = f"{preset}: calibration weight on revisions (seed mean)"
+        title = f"{preset}: w on revisions, mean (solid) and at divergence (dashed)"
         written.append(save(fig, ax, "training step", "w", title, out, preset, "w_revision"))
     return written
 

@@ -62,9 +62,7 @@ PLOTS = (
     ),
     Plot(
         "divergence",
-        "Where the weight bites: w at each revision's first token off the critique-free greedy "
-        "path (solid), before it (dash-dot), after it (dashed); revision tokens with w < 0.5 "
-        "(dotted)",
+        "Where w bites: at divergence (solid), before (dash-dot), after (dashed), w < 0.5 (dots)",
         "w, or share of tokens",
         (
             Panel("calib/w_at_divergence", "w at"),
