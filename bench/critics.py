@@ -106,23 +106,26 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=500, help="Held-out problems.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads.")
     parser.add_argument("--out", type=Path, default=Path("bench/out/critics"))
+    parser.add_argument(
+        "--without-big",
+        action="store_true",
+        help="Leave out the 8 × 512 critic (its warm-start takes an hour or more on 2 cores).",
+    )
     args = parser.parse_args()
     if not (args.learned / "config.json").exists():
         sys.exit(f"{args.learned} is not a model directory (an ICRL run's final/)")
     from icrl_cli.tiny import tiny_model_dir
 
     args.out.mkdir(parents=True, exist_ok=True)
-    big = big_critic(args.out)
-    critics = {
-        "learned (ICRL)": str(args.learned),
-        "tiny (before RL)": "tiny",
-        "tiny 8x512": str(big),
-    }
+    critics = {"learned (ICRL)": str(args.learned), "tiny (before RL)": "tiny"}
     sizes: dict[str, int | None] = {
         "learned (ICRL)": parameters(args.learned),
         "tiny (before RL)": parameters(tiny_model_dir("tiny")),
-        "tiny 8x512": parameters(big),
     }
+    if not args.without_big:
+        big = big_critic(args.out)
+        critics["tiny 8x512"] = str(big)
+        sizes["tiny 8x512"] = parameters(big)
     small = smollm2()
     if small is not None:
         critics["smollm2-135m"] = "smollm2-135m"
