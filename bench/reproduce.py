@@ -34,8 +34,8 @@ Outputs in ``--out``: ``results.json`` (every number), ``results.md`` (the table
 and, per preset, ``PRESET-success.png`` (against steps), ``PRESET-success-samples.png`` (against
 samples) and ``PRESET-w_revision.png``.
 
-    python bench/reproduce.py --quick                  # 1 seed, few steps: minutes on 2 cores
-    python bench/reproduce.py --presets tiny-math      # 5 seeds × 5 configurations: about an hour
+    python bench/reproduce.py --quick                  # 1 seed, 10 steps: minutes on 2 cores
+    python bench/reproduce.py                          # 5 seeds × 5 configurations: about an hour
     python bench/reproduce.py --experiment leaky       # 5 seeds × 4 configurations
     python bench/reproduce.py --presets tiny-math --seeds 0 1 2 --configs icrl grpo
 """
@@ -275,7 +275,14 @@ def warm_start_report(preset: str, model: str | None = None) -> dict[str, Any] |
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed and a few steps per preset")
-    parser.add_argument("--presets", nargs="+", default=["tiny-math", "tiny-household"])
+    parser.add_argument(
+        "--presets",
+        nargs="+",
+        default=["tiny-math"],
+        choices=list(FULL),
+        help="tiny-math (default) and/or tiny-household (whose model, built on first use, takes "
+        "about 90 minutes on 2 cores).",
+    )
     parser.add_argument(
         "--experiment",
         choices=list(EXPERIMENTS),
