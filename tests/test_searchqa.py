@@ -393,3 +393,20 @@ def test_served_over_agentgym_http(http: TestClient) -> None:
     wrong = http.post("/step", json={"id": env_id, "action": "answer[nobody]"}).json()
     assert (wrong["reward"], wrong["done"]) == (0.0, True)
     assert http.post("/close", json={"id": env_id}).json() == {"closed": True, "env_id": env_id}
+
+
+def test_bm25s_loads_on_first_use_and_without_numba():
+    # Loaded with the environments, bm25s would import numba and llvmlite wherever they are
+    # installed (vLLM installs them), and vLLM's CPU engine fails at start-up on llvmlite's
+    # objects; so it loads on the first search, with its numpy backend.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, environments\n"
+        "print('bm25s' in sys.modules, 'numba' in sys.modules)\n"
+        "environments.make('searchqa').retrieve('Noga')\n"
+        "print('bm25s' in sys.modules, 'numba' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "True", "False"]

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from functools import cache, cached_property
 
-from bm25s.stopwords import STOPWORDS_EN
+from environments.searchqa.retriever import bm25s
 
 KINDS = ("country", "city", "organisation", "person")
 SIZES = {"country": 12, "city": 60, "organisation": 160, "person": 640}
@@ -152,19 +152,22 @@ KIND_RELATIONS = {
 }
 
 
-# Words no name may be: a stop word is invisible to the retriever, and a name that is also a
-# word of the passages' sentences ("River", "Pilot") would be found everywhere.
-RESERVED = frozenset(
-    word.lower()
-    for text in (
-        *(f"{r.sentence} {r.question} {r.phrase}" for r in RELATIONS.values()),
-        *PROFESSIONS,
-        *PRODUCTS,
-        *ORGANISATION_SUFFIXES,
-        *KINDS,
-    )
-    for word in re.findall(r"[A-Za-z]+", text)
-) | frozenset(STOPWORDS_EN)
+@cache
+def reserved_words() -> frozenset[str]:
+    """Words no name may be: a stop word is invisible to the retriever, and a name that is also
+    a word of the passages' sentences ("River", "Pilot") would be found everywhere."""
+    stopwords = bm25s().stopwords.STOPWORDS_EN  # imported when a world is first built
+    return frozenset(
+        word.lower()
+        for text in (
+            *(f"{r.sentence} {r.question} {r.phrase}" for r in RELATIONS.values()),
+            *PROFESSIONS,
+            *PRODUCTS,
+            *ORGANISATION_SUFFIXES,
+            *KINDS,
+        )
+        for word in re.findall(r"[A-Za-z]+", text)
+    ) | frozenset(stopwords)
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,7 @@ def invented_words(rng: random.Random, count: int) -> list[str]:
         word = "".join(
             rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(syllables)
         )
-        if word not in RESERVED:
+        if word not in reserved_words():
             words[word.capitalize()] = None
     return list(words)
 
