@@ -4,6 +4,7 @@ calibration read."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -105,6 +106,21 @@ def response_logprobs(
     return scored.logprobs, scored.entropy
 
 
+def _scored_chunks(
+    model: PreTrainedModel,
+    samples: list[Sample],
+    pad_id: int,
+    micro_batch_size: int,
+    sampling: Sampling,
+    with_greedy: bool,
+) -> Iterator[tuple[list[Sample], Scored]]:
+    """``samples`` scored under their ``prompt_ids``, ``micro_batch_size`` at a time."""
+    for start in range(0, len(samples), micro_batch_size):
+        chunk = samples[start : start + micro_batch_size]
+        batch = collate(chunk, pad_id, model.device)
+        yield chunk, score_response(model, batch, sampling, with_greedy=with_greedy)
+
+
 @torch.no_grad()
 def context_logprobs(
     model: PreTrainedModel,
@@ -115,8 +131,13 @@ def context_logprobs(
 ) -> list[list[float]]:
     """log π(y_t | prompt_ids, y_<t) of every response token of each sample, in micro-batches
     and without gradients."""
-    scores = context_scores(model, samples, pad_id, micro_batch_size, sampling)
-    return [logprobs for logprobs, _ in scores]
+    return [
+        scored.logprobs[row, : len(s.response_ids)].tolist()
+        for chunk, scored in _scored_chunks(
+            model, samples, pad_id, micro_batch_size, sampling, with_greedy=False
+        )
+        for row, s in enumerate(chunk)
+    ]
 
 
 @torch.no_grad()
@@ -128,12 +149,12 @@ def context_scores(
     sampling: Sampling = AS_SAMPLED_AT_ONE,
 ) -> list[tuple[list[float], list[bool]]]:
     """``context_logprobs``, and whether each response token is the greedy choice under
-    ``prompt_ids`` (the argmax of the distribution ``sampling`` describes)."""
+    ``prompt_ids`` (the argmax of the distribution ``sampling`` describes). Only ``icrl
+    rollout`` asks for the latter: training's ``context_logprobs`` does not pay for the argmax."""
     result: list[tuple[list[float], list[bool]]] = []
-    for start in range(0, len(samples), micro_batch_size):
-        chunk = samples[start : start + micro_batch_size]
-        batch = collate(chunk, pad_id, model.device)
-        scored = score_response(model, batch, sampling, with_greedy=True)
+    for chunk, scored in _scored_chunks(
+        model, samples, pad_id, micro_batch_size, sampling, with_greedy=True
+    ):
         assert scored.greedy is not None
         for row, s in enumerate(chunk):
             n = len(s.response_ids)
