@@ -39,7 +39,7 @@ console = Console()
 DEFAULT_PRESET = "tiny-math"
 # Without --preset, --env E starts from E's embedded tiny preset, or from the bare defaults
 # for an environment that has none (a preset's env options belong to its own environment).
-ENV_PRESETS = {"math": "tiny-math", "household": "tiny-household"}
+ENV_PRESETS = {"math": "tiny-math", "household": "tiny-household", "searchqa": "tiny-searchqa"}
 
 
 def base_preset(preset: str | None, env: str | None) -> str | None:
@@ -188,6 +188,46 @@ def envs() -> None:
     """List the registered environments."""
     for name in environments.available():
         console.print(name)
+
+
+models_app = typer.Typer(help="The embedded models: where they are, and their builds.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Each embedded model: whether its weights ship with the package, whether it is in the
+    cache, and how long building it takes."""
+    from icrl_cli.tiny import cache
+
+    table = Table(
+        "model", "weights", "cached", "a build takes", caption=f"cache: {cache.cache_root()}"
+    )
+    for name, (dirname, _, duration) in cache.EMBEDDED.items():
+        shipped = "shipped" if cache.shipped_dir(name) else "built on first use"
+        cached = (cache.cache_root() / dirname / "config.json").is_file()
+        table.add_row(name, shipped, dirname if cached else "-", duration)
+    console.print(table)
+
+
+@models_app.command("build")
+@user_errors
+def models_build(
+    name: Annotated[str, typer.Argument(help="An embedded model, e.g. tiny-household.")],
+    out: Annotated[Path, typer.Option(help="A new directory to build into.")],
+) -> None:
+    """Build NAME from scratch into OUT, whether or not its weights ship with the package (the
+    build the shipped weights came from; on two cores it takes what `icrl models list` says)."""
+    from icrl_cli.tiny import cache
+
+    if name not in cache.EMBEDDED:
+        raise ConfigError(
+            f"unknown embedded model '{name}'; choose from: {', '.join(cache.EMBEDDED)}"
+        )
+    if out.exists():
+        raise ConfigError(f"{out} exists; name a new directory")
+    cache.rebuild(name, out)
+    console.print(f"built {name} into {out}")
 
 
 env_app = typer.Typer(help="Serve an environment over AgentGym's HTTP API.", no_args_is_help=True)

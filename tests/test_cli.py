@@ -66,6 +66,9 @@ def test_without_a_preset_an_environment_starts_from_its_own_tiny_preset(tmp_pat
     assert result.exit_code == 0, result.output
     assert 'name = "tiny-household"' in result.output  # the model, not tiny-math's
     assert "pick_and_place_simple" in result.output  # its env options, not math's data
+    result = runner.invoke(app, ["train", "--env", "searchqa", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert 'name = "tiny-searchqa"' in result.output and "top_k = 1" in result.output
     # An environment with no tiny preset starts from the bare defaults: no math options.
     result = runner.invoke(
         app,

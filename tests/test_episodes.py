@@ -335,3 +335,26 @@ def test_tiny_household_slips_do_nothing_and_are_not_learnt(monkeypatch):
         *demonstrations.episode(env, tasks[0], steps),
         None,
     )
+
+
+def test_tiny_searchqa_demonstrations_are_laid_out_exactly_like_a_rollout():
+    from icrl_cli.tiny import searchqa_build
+
+    env = environments.make("searchqa", **searchqa_build.OPTIONS)
+    tasks = [t for t in env.tasks("train") if t.metadata["task_type"] == "two_hop"][:20]
+    bpe = searchqa_build.build_tokenizer(searchqa_build.corpus(env, tasks))
+    task = tasks[0]
+    actions = searchqa_build.expert_actions(env, task)
+    turns, reward = searchqa_build.play(env, task, actions)
+    assert reward == 1.0 and len(turns) == 3  # two searches, one answer
+    ids, mask = searchqa_build.turns_target(bpe, turns, [1.0] * 3, done=True)
+    replies = iter(actions)
+    prompt = encode_prompt(bpe, solver_messages(env, task, PROMPTS))
+    (rollout,) = play(
+        Scripted(bpe, lambda _: next(replies)), bpe, [env.start(task)], [prompt], limits()
+    )
+    assert (rollout.stop, rollout.reward) == ("done", 1.0)
+    assert rollout.response_ids == ids and rollout.loss_mask == mask
+    # The loss reads the three actions and their EOS, not the two passages between them.
+    learnt = [i for i, m in zip(ids, mask, strict=True) if m]
+    assert bpe.decode(learnt) == "".join(a + bpe.eos_token for a in actions)

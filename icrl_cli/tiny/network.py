@@ -7,7 +7,7 @@ import string
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from icrl_cli.rollout.prompts import PROMPTS_FILE
@@ -30,6 +30,41 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()
+    return wrap_tokenizer(backend)
+
+
+# The prompts the multi-turn models ship (household, search QA): the task alone, the task and a
+# tip, and for the critic the task and the attempt's "> action" / observation lines.
+MULTI_TURN_PROMPTS = {
+    "solver_user": "{task}",
+    "revision_user": "{task}\nTip: {critique}",
+    "critic_user": "{task}\n{summary}",
+    "summary": "{attempt}\nreward {reward}",
+    "critique_tag": "c",
+    "rule_correct": "Done.",
+    "rule_failed": "That failed.",
+}
+
+
+def train_bpe(texts: list[str], isolated: str, vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on ``texts``, whose merges may span spaces except across the
+    matches of the regex ``isolated``: each match is merged within, never with what surrounds
+    it (so a name stays the same tokens wherever it stands, and is copied)."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(isolated), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
     return wrap_tokenizer(backend)
 
 

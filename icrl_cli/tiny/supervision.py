@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from environments import Environment, Task
 from icrl_cli.config import RunConfig
 from icrl_cli.generation.hf import HFBackend
 from icrl_cli.rollout.critics import ModelCritic
+from icrl_cli.rollout.episodes import observation_ids
 from icrl_cli.rollout.metrics import session_metrics
 from icrl_cli.rollout.prompts import Prompts
 from icrl_cli.rollout.sessions import run_sessions
@@ -56,6 +58,29 @@ def sft_batch(
     if weighted:
         batch["loss_weights"] = weights
     return batch
+
+
+def turns_target(
+    tokenizer: PreTrainedTokenizerFast,
+    turns: list[tuple[str, str]],
+    weights: list[float],
+    done: bool,
+) -> tuple[list[int], list[float]]:
+    """A played episode, (turn, observation) after (turn, observation), as a multi-turn
+    response: each turn and its EOS (mask: the turn's weight), then the observation's user turn
+    (mask 0), exactly as a rollout lays it out; an episode that is ``done`` ends on its last
+    turn (a rollout shows no observation after it)."""
+    ids: list[int] = []
+    mask: list[float] = []
+    for index, ((turn, observation), weight) in enumerate(zip(turns, weights, strict=True)):
+        turn_ids = tokenizer.encode(turn, add_special_tokens=False) + [tokenizer.eos_token_id]
+        ids += turn_ids
+        mask += [weight] * len(turn_ids)
+        if index < len(turns) - 1 or not done:
+            continuation = observation_ids(tokenizer, observation)
+            ids += continuation
+            mask += [0] * len(continuation)
+    return ids, mask
 
 
 def sft_loss(model: Qwen3ForCausalLM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -156,15 +181,21 @@ def supervise(
     max_steps: int = 2000,
     keep_last: bool = False,
     chunks: int = 1,
+    cosine: bool = False,
 ) -> tuple[int, Metrics]:
     """Supervised steps over every role's demonstrations (each role's rows apart: sequences of
     a role have similar lengths, so less padding; ``chunks`` forwards per role, the rows sorted
     by length, pad less still) until ``accept(measure())``. Returns the steps
     taken and the last measurement. Measuring starts at ``first_check`` (default
     ``check_every``). Missing the targets by ``max_steps`` is an error unless ``keep_last``,
-    which returns the model as it is with its last measurement."""
+    which returns the model as it is with its last measurement. With ``cosine``, the learning
+    rate falls from ``lr`` to 0 along a half cosine over ``max_steps`` (for a build that runs
+    them all and keeps the last model, which a constant rate leaves noisy)."""
     first_check = first_check or check_every
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda done: 0.5 * (1 + math.cos(math.pi * done / max_steps)) if cosine else 1
+    )
     torch.manual_seed(seed)
     started = time.perf_counter()
     for step in range(1, max_steps + 1):
@@ -175,6 +206,7 @@ def supervise(
             loss = _role_step(model, tokenizer, role_pairs, role_masks, rows, chunks, len(pairs))
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        schedule.step()
         optimizer.zero_grad(set_to_none=True)
         last = keep_last and step == max_steps
         if last or (step >= first_check and (step - first_check) % check_every == 0):

@@ -1,0 +1,71 @@
+"""The embedded models' cache: shipped weights are copied in, others built once; `icrl models`."""
+
+import pytest
+from typer.testing import CliRunner
+
+from icrl_cli.app import app
+from icrl_cli.tiny import cache
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    """A fake embedded model, "fake-v1": its builds are counted; the cache and the shipped
+    directory are under tmp_path."""
+    builds = []
+
+    def build(target):
+        builds.append(target)
+        (target / "config.json").write_text('{"built": true}')
+
+    monkeypatch.setenv("ICRL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "SHIPPED", tmp_path / "shipped")
+    monkeypatch.setitem(cache.EMBEDDED, "fake", cache.Embedded("fake-v1", build, "2 hours"))
+    return builds
+
+
+def test_a_model_whose_weights_ship_is_copied_into_the_cache_not_built(fake, tmp_path):
+    shipped = tmp_path / "shipped" / "fake-v1"
+    shipped.mkdir(parents=True)
+    (shipped / "config.json").write_text('{"shipped": true}')
+    (shipped / "model.safetensors").write_bytes(b"\x01\x02\x03")
+    target = cache.tiny_model_dir("fake")
+    assert target == tmp_path / "cache" / "fake-v1"
+    assert (target / "config.json").read_text() == '{"shipped": true}'
+    assert (target / "model.safetensors").read_bytes() == b"\x01\x02\x03"
+    assert fake == [] and not list((tmp_path / "cache").glob(".*.partial"))
+    # Shipped weights of another version are not this build's: it builds.
+    (shipped / "config.json").rename(shipped / "old.json")
+    (tmp_path / "cache" / "fake-v1" / "config.json").unlink()
+    assert (cache.tiny_model_dir("fake") / "config.json").read_text() == '{"built": true}'
+    assert len(fake) == 1
+
+
+def test_a_model_that_does_not_ship_is_built_once(fake, tmp_path):
+    first = cache.tiny_model_dir("fake")
+    assert cache.tiny_model_dir("fake") == first
+    assert fake == [tmp_path / "cache" / ".fake-v1.partial"]  # built aside, then moved in
+    assert (first / "config.json").read_text() == '{"built": true}'
+
+
+def test_models_list_and_build(fake, tmp_path):
+    shipped = tmp_path / "shipped" / "fake-v1"
+    shipped.mkdir(parents=True)
+    (shipped / "config.json").write_text("{}")
+    result = runner.invoke(app, ["models", "list"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    (row,) = [line for line in result.output.splitlines() if "fake" in line]
+    assert "shipped" in row and "2 hours" in row and "fake-v1" not in row  # not cached yet
+    assert "built on first use" in next(ln for ln in result.output.splitlines() if "tiny-sea" in ln)
+    # A rebuild runs the build even though the weights ship, into the directory named.
+    result = runner.invoke(app, ["models", "build", "fake", "--out", str(tmp_path / "new")])
+    assert result.exit_code == 0, result.output
+    assert fake == [tmp_path / "new"] and (tmp_path / "new" / "config.json").is_file()
+    for args, says in (
+        (["fake", "--out", str(tmp_path / "new")], "exists; name a new directory"),
+        (["nope", "--out", str(tmp_path / "n2")], "unknown embedded model 'nope'; choose from"),
+    ):
+        result = runner.invoke(app, ["models", "build", *args])
+        assert result.exit_code == 2 and says in result.output, result.output
+    assert len(fake) == 1
