@@ -1,7 +1,8 @@
 """Reproduce the tiny comparisons: every algorithm and two ICRL ablations, or the leaky-critic
 testbed, over seeds, with bootstrap confidence intervals.
 
-What is measured, for each preset (``tiny-math``, ``tiny-household``), configuration and seed:
+What is measured, for each preset (``tiny-math``, ``tiny-household``, ``tiny-searchqa``),
+configuration and seed:
 
 * critique-free round-1 success on the preset's held-out split (``env.eval_split``), measured on
   the checkpoints a run writes every ``--eval-every`` steps (and on the untrained model at step
@@ -256,12 +257,12 @@ def warm_start_report(preset: str, model: str | None = None) -> dict[str, Any] |
     """The model's warm_start.json (the cached embedded model's, or a built variant's): which
     model the numbers belong to."""
     from icrl_cli.config import resolve
-    from icrl_cli.tiny import tiny_model_dir
+    from icrl_cli.tiny import EMBEDDED_NAMES, tiny_model_dir
 
     name = model or resolve(preset, []).model.name
     if model is not None:
         directory = Path(model)
-    elif name in ("tiny", "tiny-household"):
+    elif name in EMBEDDED_NAMES:
         directory = tiny_model_dir(name)
     else:
         return None
@@ -280,8 +281,7 @@ def parse_args() -> argparse.Namespace:
         nargs="+",
         default=["tiny-math"],
         choices=list(FULL),
-        help="tiny-math (default) and/or tiny-household (whose model, built on first use, takes "
-        "about 90 minutes on 2 cores).",
+        help="tiny-math (default), tiny-household and/or tiny-searchqa.",
     )
     parser.add_argument(
         "--experiment",

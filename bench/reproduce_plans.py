@@ -55,15 +55,18 @@ def copy_leaks_model(out: Path) -> Path:
 
 # The full plans. tiny-math: 30 of the preset's 100 steps (where the algorithms still differ;
 # by step 100 most runs are near 0.85–0.9), 5 seeds, 500 held-out problems every 5 steps, so
-# that 25 runs fit in about an hour on two cores. The tiny-household model does not solve tasks
-# yet (README), so its row only shows the machinery running.
+# that 25 runs fit in about an hour on two cores. tiny-searchqa: 30 steps, the whole dev split
+# (110 questions) every 10, 3 seeds. tiny-household: 30 steps, the eval_out_of_distribution
+# split's 37 tasks every 10, 3 seeds.
 FULL = {
     "tiny-math": Plan(steps=30, eval_every=5, eval_limit=500, seeds=(0, 1, 2, 3, 4)),
-    "tiny-household": Plan(steps=10, eval_every=5, eval_limit=16, seeds=(0,)),
+    "tiny-household": Plan(steps=30, eval_every=10, eval_limit=37, seeds=(0, 1, 2)),
+    "tiny-searchqa": Plan(steps=30, eval_every=10, eval_limit=110, seeds=(0, 1, 2)),
 }
 QUICK = {
     "tiny-math": Plan(steps=10, eval_every=5, eval_limit=200, seeds=(0,)),
     "tiny-household": Plan(steps=2, eval_every=2, eval_limit=4, seeds=(0,)),
+    "tiny-searchqa": Plan(steps=2, eval_every=2, eval_limit=8, seeds=(0,)),
 }
 
 
