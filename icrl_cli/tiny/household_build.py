@@ -29,7 +29,7 @@ from icrl_cli.tiny.supervision import Metrics, Pair, measure_sessions, supervise
 
 # Bump when anything the build depends on changes what it builds, so stale caches are not reused.
 VERSION = "6"
-BUILD_TIME = "about 90 minutes"
+BUILD_TIME = "about 45 minutes"
 # The household options it is warm-started on: the simplest task type (a 3 to 5 step episode),
 # so that a build on two cores leaves a model that acts at all.
 OPTIONS: dict[str, object] = {"task_types": ["pick_and_place_simple"]}
@@ -54,7 +54,7 @@ SETTINGS = replace(
 # measured every CHECK_EVERY steps on the VALIDATION_SIZE held-out tasks (warm_start.json keeps
 # the last measurement).
 CHECK_EVERY = 500
-MAX_STEPS = 2000
+MAX_STEPS = 1000
 # Rows a supervised step, a third for each role (docs/tiny_models.md: fewer learn far slower).
 BATCH_SIZE = 48
 
