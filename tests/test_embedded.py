@@ -57,7 +57,7 @@ def test_models_list_and_build(fake, tmp_path):
     assert result.exit_code == 0, result.output
     (row,) = [line for line in result.output.splitlines() if "fake" in line]
     assert "shipped" in row and "2 hours" in row and "fake-v1" not in row  # not cached yet
-    assert "built on first use" in next(ln for ln in result.output.splitlines() if "tiny-sea" in ln)
+    assert "built on first use" in next(ln for ln in result.output.splitlines() if "smollm2" in ln)
     # A rebuild runs the build even though the weights ship, into the directory named.
     result = runner.invoke(app, ["models", "build", "fake", "--out", str(tmp_path / "new")])
     assert result.exit_code == 0, result.output
@@ -69,3 +69,16 @@ def test_models_list_and_build(fake, tmp_path):
         result = runner.invoke(app, ["models", "build", *args])
         assert result.exit_code == 2 and says in result.output, result.output
     assert len(fake) == 1
+
+
+def test_every_shipped_model_is_the_current_version_of_an_embedded_one():
+    """Weights of an old version would ship as dead weight (and a bumped version would build
+    on first use): each directory under shipped/ is an embedded model's current dirname, with
+    the files from_pretrained reads."""
+    current = {embedded.dirname for embedded in cache.EMBEDDED.values()}
+    shipped = [d for d in cache.SHIPPED.iterdir() if d.is_dir()]
+    assert shipped  # tiny-searchqa's weights ship
+    for directory in shipped:
+        assert directory.name in current, directory.name
+        for name in ("config.json", "model.safetensors", "tokenizer.json", "warm_start.json"):
+            assert (directory / name).is_file(), directory / name
