@@ -205,8 +205,7 @@ def models_list() -> None:
     )
     for name, (dirname, _, duration) in cache.EMBEDDED.items():
         shipped = "shipped" if cache.shipped_dir(name) else "built on first use"
-        cached = (cache.cache_root() / dirname / "config.json").is_file()
-        table.add_row(name, shipped, dirname if cached else "-", duration)
+        table.add_row(name, shipped, dirname if cache.cached_dir(name) else "-", duration)
     console.print(table)
 
 

@@ -344,7 +344,7 @@ def test_tiny_searchqa_demonstrations_are_laid_out_exactly_like_a_rollout():
     tasks = [t for t in env.tasks("train") if t.metadata["task_type"] == "two_hop"][:20]
     bpe = searchqa_build.build_tokenizer(searchqa_build.corpus(env, tasks))
     task = tasks[0]
-    actions = searchqa_build.expert_actions(env, task)
+    actions = env.expert_actions(task)
     turns, reward = searchqa_build.play(env, task, actions)
     assert reward == 1.0 and len(turns) == 3  # two searches, one answer
     ids, mask = searchqa_build.turns_target(bpe, turns, [1.0] * 3, done=True)

@@ -77,7 +77,7 @@ def test_each_failed_attempt_teaches_its_tip_and_a_solving_revision(env):
         (task,) = [t for t in tasks if t.prompt.startswith(question + "\n")]
         assert "\nTip: " in text
         learnt = bpe.decode([i for i, m in zip(target, mask, strict=True) if m])
-        expected = build.expert_actions(env, task)
+        expected = env.expert_actions(task)
         assert learnt == "".join(a + bpe.eos_token for a in expected)
     for prompt, target in pairs["critic"]:
         assert bpe.decode(target).startswith("<c>") and bpe.decode(target).endswith("</c><|end|>")

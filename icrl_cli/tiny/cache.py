@@ -60,18 +60,26 @@ def shipped_dir(name: str) -> Path | None:
     return shipped if (shipped / "config.json").is_file() else None
 
 
+def cached_dir(name: str) -> Path | None:
+    """``name``'s directory in the cache, if it is there (with its config.json: builds and
+    copies are moved in complete)."""
+    target = cache_root() / EMBEDDED[name].dirname
+    return target if (target / "config.json").is_file() else None
+
+
 def tiny_model_dir(name: str = "tiny") -> Path:
     """The cached directory of the embedded model ``name``, copied from the package where its
     weights ship with it, else built, on first use (a lock keeps concurrent builds apart)."""
+    cached = cached_dir(name)
+    if cached is not None:
+        return cached
     dirname, build, duration = EMBEDDED[name]
     root = cache_root()
     target = root / dirname
-    if (target / "config.json").is_file():
-        return target
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".{dirname}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "config.json").is_file():
+        if cached_dir(name) is not None:  # built while this process waited for the lock
             return target
         partial = root / f".{dirname}.partial"
         shutil.rmtree(partial, ignore_errors=True)

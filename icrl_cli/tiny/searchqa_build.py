@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerFast
 import environments
 from environments import Task
 from environments.searchqa import SearchQAEnvironment
-from environments.searchqa.expert import hops_of, solve
+from environments.searchqa.expert import hops_of
 from icrl_cli.config import resolve
 from icrl_cli.rollout.episodes import trajectory_summary
 from icrl_cli.rollout.prompts import Prompts, critic_messages, encode_prompt, solver_messages
@@ -81,15 +81,11 @@ def play(env: SearchQAEnvironment, task: Task, actions: list[str]) -> tuple[Epis
     return turns, reward
 
 
-def expert_actions(env: SearchQAEnvironment, task: Task) -> list[str]:
-    return [action for _, action in solve(env.start(task), task)]
-
-
 def careless_actions(env: SearchQAEnvironment, task: Task, rng: random.Random) -> list[str]:
     """A critique-free attempt as the warm-start demonstrates it: the expert's searches, on a
     two-hop question cut after the first hop in LAZY_SHARE of the draws, then in GUESS_SHARE of
     them an answer drawn from the facts of the last passage searched."""
-    actions = expert_actions(env, task)
+    actions = env.expert_actions(task)
     searches = actions[:-1]
     if len(searches) > 1 and rng.random() < LAZY_SHARE:
         searches = searches[:1]
@@ -107,7 +103,7 @@ def corpus(env: SearchQAEnvironment, tasks: list[Task]) -> list[str]:
     rng = random.Random(0)
     texts = [entity.passage for entity in env.world.entities]
     for task in tasks:
-        for actions in (expert_actions(env, task), careless_actions(env, task, rng)):
+        for actions in (env.expert_actions(task), careless_actions(env, task, rng)):
             turns, _ = play(env, task, actions)
             texts.append("\n".join([task.prompt] + [line for turn in turns for line in turn]))
             texts.append(env.critique_demonstration(task, "\n".join(actions)) or "")
@@ -133,7 +129,7 @@ def demonstrations(
         pairs[role].append((prompt, target[0]))
         masks[role].append(target[1])
 
-    expert = {task.id: play(env, task, expert_actions(env, task))[0] for task in tasks}
+    expert = {task.id: play(env, task, env.expert_actions(task))[0] for task in tasks}
     for _ in range(DRAWS):
         for task in tasks:
             actions = careless_actions(env, task, rng)
