@@ -83,11 +83,14 @@ def test_searching_expert_looks_in_listed_order_and_takes_what_it_sees() -> None
         "put soapbar 3 in/on countertop 1",
     ]
     # Each look after the first says the last one showed no soapbar; the take says what it saw.
-    assert steps[0][0] == "I need a soapbar. I look in the cabinet 2."
-    assert steps[2][0] == "I need a soapbar; none here. I look in the cabinet 1."
+    # Each names where the soapbar goes, so that is a few tokens back once it is in hand.
+    assert steps[0][0] == "I need a soapbar for the countertop. I look in the cabinet 2."
+    assert steps[2][0] == "I need a soapbar for the countertop; none here. I look in the cabinet 1."
     assert steps[3][0] == "Nothing happens: the cabinet 1 is here, so I examine it."
-    assert steps[5][0] == "I need a soapbar; none here. I look in the countertop 1."
-    assert steps[12][0] == "I need a soapbar; the soapbar 3 is here. I take it."
+    assert (
+        steps[5][0] == "I need a soapbar for the countertop; none here. I look in the countertop 1."
+    )
+    assert steps[12][0] == "I need a soapbar for the countertop; the soapbar 3 is here. I take it."
     assert world.satisfied(goal)
     later = expert.plan(World(small_scene()), goal, search_from="microwave 1")
     assert [action for _, action in later][:3] == [

@@ -75,10 +75,9 @@ def test_sft_loss_weighs_each_target_token_by_its_mask_value():
         assert torch.allclose(sft_loss(model, weighted), expected, atol=1e-6)
 
 
-def test_supervise_in_length_sorted_chunks_takes_the_single_forward_gradient():
-    """Cutting each role's rows into ``chunks`` forwards must not change the step: the
-    gradient equals the one of a single forward over all rows (its reference here), with
-    weighted and unweighted roles, and chunks of unequal size."""
+def _first_gradients(runs: list[dict[str, object]]) -> list[torch.Tensor]:
+    """The gradient (before clipping) of one supervised step from the same micro model, rows
+    and loss weights, once per ``supervise`` keyword set in ``runs``."""
     import random
     from types import SimpleNamespace
 
@@ -98,7 +97,7 @@ def test_supervise_in_length_sorted_chunks_takes_the_single_forward_gradient():
         masks[role] = [[draw.choice(weights) for _ in target] for _, target in pairs[role]]
         masks[role] = [[1, *mask[1:]] for mask in masks[role]]  # no row without a target
     gradients = []
-    for chunks in (1, 2, 4):
+    for keywords in runs:
         torch.manual_seed(0)
         model = micro_model(vocab_size=20)
         seen = []
@@ -123,14 +122,33 @@ def test_supervise_in_length_sorted_chunks_takes_the_single_forward_gradient():
                 check_every=100,
                 max_steps=1,
                 keep_last=True,
-                chunks=chunks,
+                **keywords,
             )
         finally:
             torch.nn.utils.clip_grad_norm_ = clip
+        assert all(p.dtype == torch.float32 for p in model.parameters())
         gradients.append(seen[0])
+    return gradients
+
+
+def test_supervise_in_length_sorted_chunks_takes_the_single_forward_gradient():
+    """Cutting each role's rows into ``chunks`` forwards must not change the step: the
+    gradient equals the one of a single forward over all rows (its reference here), with
+    weighted and unweighted roles, and chunks of unequal size."""
+    gradients = _first_gradients([{"chunks": 1}, {"chunks": 2}, {"chunks": 4}])
     assert gradients[0].abs().max() > 1e-3
     for other in gradients[1:]:
         assert torch.allclose(other, gradients[0], atol=1e-6, rtol=1e-4)
+
+
+def test_supervise_in_bf16_takes_about_the_float32_gradient_and_keeps_float32_weights():
+    """Under ``bf16`` the step runs in bfloat16 autocast: its gradient is not the float32 one
+    bit for bit (bfloat16 keeps 8 bits of mantissa, so relative errors near 1e-2 and not
+    1e-6), yet points the same way (cosine above 0.99); the weights stay float32."""
+    plain, bf16 = _first_gradients([{"chunks": 3}, {"chunks": 3, "bf16": True}])
+    assert not torch.allclose(bf16, plain, atol=1e-6, rtol=1e-4)
+    assert torch.nn.functional.cosine_similarity(bf16, plain, dim=0) > 0.99
+    assert (bf16 - plain).norm() / plain.norm() < 0.05
 
 
 def test_supervise_with_cosine_lowers_the_learning_rate_along_a_half_cosine(monkeypatch):

@@ -55,7 +55,14 @@ class _Planner:
         """Take ``thing``, or, searching, the first object of its kind the search finds."""
         host = thing.where or ""
         obj = self.goal.obj
-        need = f"I need a {obj}" if first else f"Now I need a second {obj}"
+        # The thought carries the receptacle the object goes to: when the object is in hand,
+        # where it goes is then a few tokens back, not in the task line a dozen turns ago.
+        kind = self.goal.recep
+        need = (
+            f"I need a {obj} for the {kind}"
+            if first
+            else f"Now I need a second {obj} for the {kind}"
+        )
         if self.search_from is not None:
             # A second object may sit where the first one was found.
             thing = self.search(need, self.search_from if first else self.found_at[-1])

@@ -182,6 +182,7 @@ def supervise(
     keep_last: bool = False,
     chunks: int = 1,
     cosine: bool = False,
+    bf16: bool = False,
 ) -> tuple[int, Metrics]:
     """Supervised steps over every role's demonstrations (each role's rows apart: sequences of
     a role have similar lengths, so less padding; ``chunks`` forwards per role, the rows sorted
@@ -190,7 +191,9 @@ def supervise(
     ``check_every``). Missing the targets by ``max_steps`` is an error unless ``keep_last``,
     which returns the model as it is with its last measurement. With ``cosine``, the learning
     rate falls from ``lr`` to 0 along a half cosine over ``max_steps`` (for a build that runs
-    them all and keeps the last model, which a constant rate leaves noisy)."""
+    them all and keeps the last model, which a constant rate leaves noisy). With ``bf16``, the
+    forwards and backwards run under bfloat16 autocast (the weights and the optimizer stay in
+    float32): on a CPU with bfloat16 instructions a step takes about two thirds of the time."""
     first_check = first_check or check_every
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -203,7 +206,10 @@ def supervise(
         for role, role_pairs in pairs.items():
             rows = rng.sample(range(len(role_pairs)), batch_size // len(pairs))
             role_masks = masks[role] if masks else None
-            loss = _role_step(model, tokenizer, role_pairs, role_masks, rows, chunks, len(pairs))
+            with torch.autocast(model.device.type, torch.bfloat16, enabled=bf16):
+                loss = _role_step(
+                    model, tokenizer, role_pairs, role_masks, rows, chunks, len(pairs)
+                )
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
