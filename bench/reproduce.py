@@ -134,6 +134,10 @@ class Evaluator:
             gen.max_new_tokens,
             gen.temperature,
             0,
+            # As ``icrl eval --preset`` measures: the preset's turn limits (a multi-turn
+            # episode's budget) and the rest of its generation settings.
+            turns=env.turn_limits(),
+            generation=gen.model_dump(exclude={"max_new_tokens", "temperature", "context_tokens"}),
         )
         return result.success_round1
 

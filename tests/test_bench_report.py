@@ -41,3 +41,33 @@ def test_bootstrap_intervals():
     assert lo == pytest.approx(0.1 - 0.175, abs=0.025) and hi == pytest.approx(
         0.1 + 0.175, abs=0.025
     )
+
+
+@pytest.mark.parametrize(
+    ("preset", "turns"),
+    [
+        # presets/tiny-household.toml and presets/tiny-searchqa.toml, read by hand.
+        ("tiny-household", {"max_turns": 10, "repeat_limit": 3, "summary_observation_chars": 120}),
+        ("tiny-searchqa", {"max_turns": 4, "repeat_limit": 3, "summary_observation_chars": 220}),
+    ],
+)
+def test_the_curves_measure_a_checkpoint_within_the_presets_turn_budget(monkeypatch, preset, turns):
+    """bench/reproduce.py's held-out success is measured as ``icrl eval --preset`` measures:
+    an episode gets the preset's turns, not the schema's default of 30."""
+    import reproduce
+    from reproduce_report import Plan
+
+    from icrl_cli.evaluation import evaluate
+
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen.update(kwargs, split=args[4], limit=args[5], temperature=args[7])
+        return type("Result", (), {"success_round1": 0.25})()
+
+    monkeypatch.setattr(evaluate, "evaluate", record)
+    evaluator = reproduce.Evaluator(preset, Plan(steps=1, eval_every=1, eval_limit=7, seeds=(0,)))
+    assert evaluator.success("some/checkpoint") == 0.25
+    assert seen["turns"] == turns
+    assert seen["limit"] == 7 and seen["temperature"] == 1.0
+    assert seen["split"] == {"tiny-household": "eval_out_of_distribution"}.get(preset, "dev")
