@@ -215,8 +215,9 @@ def models_build(
     name: Annotated[str, typer.Argument(help="An embedded model, e.g. tiny-household.")],
     out: Annotated[Path, typer.Option(help="A new directory to build into.")],
 ) -> None:
-    """Build NAME from scratch into OUT, whether or not its weights ship with the package (the
-    build the shipped weights came from; on two cores it takes what `icrl models list` says)."""
+    """Build NAME into OUT, whether or not its weights ship with the package (the build the
+    shipped weights came from; tiny-household's starts from its shipped first stage, v6; on two
+    cores it takes what `icrl models list` says)."""
     from icrl_cli.tiny import cache
 
     if name not in cache.EMBEDDED:

@@ -15,7 +15,7 @@ from icrl_cli.tiny import household_build, math_build, searchqa_build, smollm2_b
 
 _console = Console(stderr=True)
 # Built models that ship with the package, each in its cache directory's name: copied into the
-# cache instead of built. ``icrl models build NAME`` rebuilds one from scratch.
+# cache instead of built. ``icrl models build NAME`` runs the build they came from.
 SHIPPED = Path(__file__).parent / "shipped"
 
 
@@ -96,7 +96,7 @@ def tiny_model_dir(name: str = "tiny") -> Path:
 
 
 def rebuild(name: str, target: Path) -> None:
-    """Build ``name`` from scratch into ``target`` (a new directory), whether or not its
-    weights ship with the package."""
+    """Run ``name``'s build into ``target`` (a new directory), whether or not its weights ship
+    with the package (tiny-household's starts from its shipped first stage)."""
     target.mkdir(parents=True)
     EMBEDDED[name].build(target)
