@@ -1,5 +1,7 @@
 """The embedded models' cache: shipped weights are copied in, others built once; `icrl models`."""
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -85,3 +87,34 @@ def test_every_shipped_model_is_the_current_version_of_an_embedded_one():
         assert directory.name in current, directory.name
         for name in ("config.json", "model.safetensors", "tokenizer.json", "warm_start.json"):
             assert (directory / name).is_file(), directory / name
+
+
+def test_the_household_build_runs_its_second_stage_from_the_shipped_first(monkeypatch, tmp_path):
+    """`icrl models build tiny-household` starts from the shipped v6 (its tokenizer too) and
+    runs the second stage: cut here to 2 steps on 3 new worlds, measured on 2 held-out tasks.
+    The second stage changes the weights, the tokenizer stays v6's, and the report counts
+    the first stage's steps and the second's."""
+    import torch
+    from safetensors.torch import load_file
+
+    from icrl_cli.tiny import household_build as build
+
+    for name, value in (
+        ("SECOND_TASKS", 3),
+        ("SECOND_STEPS", 2),
+        ("SECOND_CHECK_EVERY", 2),
+        ("VALIDATION_SIZE", 2),
+        ("BATCH_SIZE", 6),
+    ):
+        monkeypatch.setattr(build, name, value)
+    build.build(tmp_path / "model")
+    report = json.loads((tmp_path / "model" / "warm_start.json").read_text())
+    assert report["first_stage"] == {"from": "tiny-household-v6"}
+    assert report["supervised_steps"] == build.MAX_STEPS + 2 == 1002
+    assert "solver/success_round1" in report["held_out"]
+    before = load_file(build.FIRST_STAGE / "model.safetensors")
+    after = load_file(tmp_path / "model" / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    for name in ("tokenizer.json", "chat_template.jinja"):
+        assert (tmp_path / "model" / name).read_text() == (build.FIRST_STAGE / name).read_text()

@@ -62,9 +62,9 @@ BATCH_SIZE = 48
 # teacher-forced, it says rightly whether the object is here at 75% of the looks and names the
 # receptacle the object goes to at 46% of the puts (0.05 held-out success). The second stage
 # starts from it with the expert's thoughts of today, which carry the receptacle the object
-# goes to (``expert._Planner.fetch``), on SECOND_TASKS worlds it has never
-# seen (drawn apart from the first stage's), about one each a step, for SECOND_STEPS under
-# bfloat16 autocast, the cosine restarted, its rows drawn by a generator of its own (seed + 1).
+# goes to (``expert._Planner.fetch``), on SECOND_TASKS worlds it has never seen (drawn apart
+# from the first stage's), about one each a step, for SECOND_STEPS under bfloat16 autocast,
+# the cosine restarted, its rows drawn by a generator of its own (seed + 1).
 # ``build(target, first_stage=None)`` runs both stages from scratch with today's thoughts: the
 # same recipe, not the shipped weights.
 FIRST_STAGE = Path(__file__).parent / "shipped" / "tiny-household-v6"
@@ -162,11 +162,14 @@ def build(target: Path, seed: int = 0, first_stage: Path | None = FIRST_STAGE) -
         return measure_sessions(model, tokenizer, env, validation, prompts, settings=SETTINGS)
 
     def stage(
-        tasks: list[Task], generator: random.Random, lr: float, steps: int, check_every: int
+        tasks: list[Task],
+        generator: random.Random,
+        lr: float,
+        steps: int,
+        check_every: int,
+        bf16: bool,
     ) -> tuple[int, Metrics]:
-        """``steps`` supervised steps on ``tasks``' demonstrations (bfloat16 after the first
-        stage)."""
-        bf16 = generator is not rng
+        """``steps`` supervised steps on ``tasks``' demonstrations."""
         pairs, masks = demonstrations(env, tasks, tokenizer, prompts)
         return supervise(
             model,
@@ -190,13 +193,14 @@ def build(target: Path, seed: int = 0, first_stage: Path | None = FIRST_STAGE) -
     report: dict[str, object] = {"options": OPTIONS}
     if first_stage is None:
         first = train + env.training_like(EXTRA_TASKS)
-        steps, measured = stage(first, rng, 2e-3, MAX_STEPS, CHECK_EVERY)
+        steps, measured = stage(first, rng, 2e-3, MAX_STEPS, CHECK_EVERY, bf16=False)
         report["first_stage"] = {"supervised_steps": steps, "held_out": measured}
     else:
         report["first_stage"] = {"from": first_stage.name}
     second = env.training_like(SECOND_TASKS, draw=1)
+    generator = random.Random(seed + 1)
     steps, measured = stage(
-        second, random.Random(seed + 1), SECOND_LR, SECOND_STEPS, SECOND_CHECK_EVERY
+        second, generator, SECOND_LR, SECOND_STEPS, SECOND_CHECK_EVERY, bf16=True
     )
     report.update(supervised_steps=MAX_STEPS + steps, held_out=measured)
     save(target, model, tokenizer, PROMPTS, report)
