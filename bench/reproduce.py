@@ -121,9 +121,12 @@ class Evaluator:
         self.plan = plan
 
     def success(self, model: str) -> float:
-        from icrl_cli.evaluation.evaluate import evaluate
+        from icrl_cli.evaluation.evaluate import evaluate, preset_measurement
 
-        env, gen = self.config.env, self.config.generation
+        # As ``icrl eval --preset`` measures: the preset's generation settings and its turn
+        # limits (a multi-turn episode's budget).
+        preset = preset_measurement(self.config, None, None)
+        env = self.config.env
         result = evaluate(
             model,
             self.env,
@@ -131,13 +134,11 @@ class Evaluator:
             env.data or "default",
             env.eval_split,
             self.plan.eval_limit,
-            gen.max_new_tokens,
-            gen.temperature,
+            preset.max_new_tokens,
+            preset.temperature,
             0,
-            # As ``icrl eval --preset`` measures: the preset's turn limits (a multi-turn
-            # episode's budget) and the rest of its generation settings.
-            turns=env.turn_limits(),
-            generation=gen.model_dump(exclude={"max_new_tokens", "temperature", "context_tokens"}),
+            turns=preset.turns,
+            generation=preset.generation,
         )
         return result.success_round1
 
