@@ -50,8 +50,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,8 @@ def train_run(preset: str, run_dir: Path, overrides: list[str], threads: int) ->
 
 
 class Evaluator:
-    """Critique-free success of model directories on one preset's held-out split."""
+    """Critique-free success of model directories on one preset's held-out split (and the
+    plan's ``also_splits``), ``eval_samples`` sessions a task."""
 
     def __init__(self, preset: str, plan: Plan, model: str | None = None) -> None:
         from icrl_cli.components import environment
@@ -119,28 +121,36 @@ class Evaluator:
         self.config = resolve(preset, [f"model.name='{model}'"] if model else [])
         self.env = environment(self.config)
         self.plan = plan
+        self.splits = [self.config.env.eval_split, *plan.also_splits]
 
-    def success(self, model: str) -> float:
+    def measure(self, model: str) -> dict[str, float]:
+        """Success on each of ``splits``, the preset's eval_split first."""
         from icrl_cli.evaluation.evaluate import evaluate, preset_measurement
 
         # As ``icrl eval --preset`` measures: the preset's generation settings and its turn
         # limits (a multi-turn episode's budget).
         preset = preset_measurement(self.config, None, None)
         env = self.config.env
-        result = evaluate(
-            model,
-            self.env,
-            env.name,
-            env.data or "default",
-            env.eval_split,
-            self.plan.eval_limit,
-            preset.max_new_tokens,
-            preset.temperature,
-            0,
-            turns=preset.turns,
-            generation=preset.generation,
-        )
-        return result.success_round1
+        return {
+            split: evaluate(
+                model,
+                self.env,
+                env.name,
+                env.data or "default",
+                split,
+                self.plan.eval_limit,
+                preset.max_new_tokens,
+                preset.temperature,
+                0,
+                samples=self.plan.eval_samples,
+                turns=preset.turns,
+                generation=preset.generation,
+            ).success_round1
+            for split in self.splits
+        }
+
+    def success(self, model: str) -> float:
+        return self.measure(model)[self.splits[0]]
 
 
 def metrics_series(run_dir: Path, key: str) -> list[float | None]:
@@ -167,7 +177,12 @@ def step_series(run_dir: Path) -> dict[str, list[float | None]]:
 def read_result(run_dir: Path) -> dict[str, Any] | None:
     done = read_json(run_dir / "result.json")
     if done is not None:
-        done["success"] = {int(k): v for k, v in done["success"].items()}  # JSON keys are text
+        # JSON keys are text; steps are ints.
+        done["success"] = {int(k): v for k, v in done["success"].items()}
+        done["success_by_split"] = {
+            split: {int(k): v for k, v in by_step.items()}
+            for split, by_step in done.get("success_by_split", {}).items()
+        }
     return done
 
 
@@ -185,11 +200,8 @@ def complete_run(job: dict[str, Any]) -> None:
     if not (run_dir / "final").is_dir():
         spent = train_run(preset, run_dir, overrides, job["threads"])
         wall_path.write_text(json.dumps((read_json(wall_path) or 0.0) + spent))
-    evals: dict[str, float] = read_json(run_dir / "evals.json") or {}
-    for step in range(plan.eval_every, run_steps(config, plan) + 1, plan.eval_every):
-        if str(step) not in evals:
-            evals[str(step)] = evaluator.success(str(run_dir / "checkpoints" / f"step-{step}"))
-            write_json(run_dir / "evals.json", evals)
+    steps = range(plan.eval_every, run_steps(config, plan) + 1, plan.eval_every)
+    evals = evaluate_checkpoints(run_dir, steps, evaluator)
     result = {
         "preset": preset,
         "config": config,
@@ -197,11 +209,38 @@ def complete_run(job: dict[str, Any]) -> None:
         "steps": run_steps(config, plan),
         "overrides": overrides,
         "wall_s": read_json(wall_path),
-        "success": {int(k): v for k, v in evals.items()},
+        **success_series(evals, evaluator.splits),
         **step_series(run_dir),
     }
     write_json(run_dir / "result.json", result)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def evaluate_checkpoints(
+    run_dir: Path, steps: Iterable[int], evaluator: Evaluator
+) -> dict[str, dict[str, float]]:
+    """Each step's checkpoint measured on every split (kept in ``evals.json`` as it goes, so a
+    stopped run is not measured twice): step → split → success."""
+    evals: dict[str, dict[str, float]] = read_json(run_dir / "evals.json") or {}
+    for step in steps:
+        if set(evaluator.splits) - set(evals.get(str(step), {})):
+            checkpoint = run_dir / "checkpoints" / f"step-{step}"
+            evals[str(step)] = evaluator.measure(str(checkpoint))
+            write_json(run_dir / "evals.json", evals)
+    return evals
+
+
+def success_series(evals: dict[str, dict[str, float]], splits: list[str]) -> dict[str, Any]:
+    """A result's ``success`` (step → success on the preset's eval_split) and its
+    ``success_by_split`` (each other split → step → success)."""
+    first, *others = splits
+    return {
+        "success": {int(step): by_split[first] for step, by_split in evals.items()},
+        "success_by_split": {
+            split: {int(step): by_split[split] for step, by_split in evals.items()}
+            for split in others
+        },
+    }
 
 
 def launch_run(job: dict[str, Any]) -> dict[str, Any] | None:
@@ -222,11 +261,9 @@ def partial_result(job: dict[str, Any], evaluator: Evaluator) -> dict[str, Any] 
     steps = [int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*")]
     if not steps:
         return None
-    evals: dict[str, float] = read_json(run_dir / "evals.json") or {}
-    for step in sorted(steps):
-        if str(step) not in evals and step % plan.eval_every == 0:
-            evals[str(step)] = evaluator.success(str(run_dir / "checkpoints" / f"step-{step}"))
-            write_json(run_dir / "evals.json", evals)
+    evals = evaluate_checkpoints(
+        run_dir, [s for s in sorted(steps) if s % plan.eval_every == 0], evaluator
+    )
     weights = metrics_series(run_dir, "calib/w_mean_revision")
     return {
         "preset": job["preset"],
@@ -236,7 +273,7 @@ def partial_result(job: dict[str, Any], evaluator: Evaluator) -> dict[str, Any] 
         "partial": True,
         "steps_done": len(weights),
         "wall_s": None,
-        "success": {int(k): v for k, v in evals.items()},
+        **success_series(evals, evaluator.splits),
         **step_series(run_dir),
     }
 
@@ -245,16 +282,22 @@ def thread_env(job: dict[str, Any]) -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS=str(job["threads"]))
 
 
-def base_success(preset: str, out: Path, evaluator: Evaluator) -> float:
-    """Step 0: the untrained model, the same for every configuration and seed."""
+def base_success(preset: str, out: Path, evaluator: Evaluator) -> dict[str, float]:
+    """Step 0: the untrained model on each split, the same for every configuration and
+    seed."""
     path = out / preset / "base_eval.json"
+    plan = evaluator.plan
+    measured = {"limit": plan.eval_limit, "samples": plan.eval_samples}
     cached = read_json(path)
-    if cached is not None and cached["limit"] == evaluator.plan.eval_limit:
-        return cached["success"]
+    if cached is not None and all(cached.get(k) == v for k, v in measured.items()):
+        success = cached.get("by_split", {evaluator.splits[0]: cached["success"]})
+        if set(evaluator.splits) <= set(success):
+            return {split: success[split] for split in evaluator.splits}
     model = evaluator.config.model.name
-    success = evaluator.success(model)
+    success = evaluator.measure(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"model": model, "limit": evaluator.plan.eval_limit, "success": success})
+    first = success[evaluator.splits[0]]
+    write_json(path, {"model": model, **measured, "success": first, "by_split": success})
     return success
 
 
@@ -331,7 +374,8 @@ def choose_plans(args: argparse.Namespace) -> dict[str, Plan]:
     plans = {}
     for preset in args.presets:
         plan = (QUICK if args.quick else FULL)[preset]
-        plans[preset] = Plan(
+        plans[preset] = replace(
+            plan,
             steps=args.steps or plan.steps,
             eval_every=args.eval_every or plan.eval_every,
             eval_limit=args.eval_limit or plan.eval_limit,
@@ -406,10 +450,11 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model = str(copy_leaks_model(out)) if leaky else None
-    bases, models = {}, {}
+    bases, split_bases, models = {}, {}, {}
     for preset, plan in plans.items():
         models[preset] = warm_start_report(preset, model)
-        bases[preset] = base_success(preset, out, Evaluator(preset, plan, model))
+        split_bases[preset] = base_success(preset, out, Evaluator(preset, plan, model))
+        bases[preset] = next(iter(split_bases[preset].values()))  # the preset's eval_split
     jobs = plan_jobs(plans, configs, out, args.threads, model)
     runs = [r for r in (read_result(Path(j["run_dir"])) for j in jobs) if r is not None]
     pending = [j for j in jobs if read_result(Path(j["run_dir"])) is None]
@@ -420,7 +465,7 @@ def main() -> None:
         runs += unfinished_results(jobs, plans, model)
     order = {(j["preset"], j["config"], j["seed"]): i for i, j in enumerate(jobs)}
     runs.sort(key=lambda r: order[(r["preset"], r["config"], r["seed"])])
-    summary = summarise(runs, bases, plans, models, configs)
+    summary = summarise(runs, bases, plans, models, configs, split_bases)
     summary["experiment"] = args.experiment
     summary["runs"] = runs
     summary["elapsed_s"] = time.perf_counter() - started

@@ -56,16 +56,28 @@ def copy_leaks_model(out: Path) -> Path:
 # The full plans. tiny-math: 30 of the preset's 100 steps (where the algorithms still differ;
 # by step 100 most runs are near 0.85–0.9), 5 seeds, 500 held-out problems every 5 steps, so
 # that 25 runs fit in about an hour on two cores. tiny-searchqa: 30 steps, the whole dev split
-# (110 questions) every 10, 3 seeds. tiny-household: 30 steps, the eval_out_of_distribution
-# split's 37 tasks every 10, 3 seeds.
+# (110 questions) every 10, 3 seeds. tiny-household: 30 steps, 3 seeds, every 10 steps both
+# held-out splits whole (eval_out_of_distribution's 37 tasks, the preset's, and
+# eval_in_distribution's 39), 4 sessions a task: one session a task read the base model
+# anywhere from 0.21 to 0.28 in distribution, and the two splits move apart under RL.
+HOUSEHOLD_SPLITS = ("eval_in_distribution",)
 FULL = {
     "tiny-math": Plan(steps=30, eval_every=5, eval_limit=500, seeds=(0, 1, 2, 3, 4)),
-    "tiny-household": Plan(steps=30, eval_every=10, eval_limit=37, seeds=(0, 1, 2)),
+    "tiny-household": Plan(
+        steps=30,
+        eval_every=10,
+        eval_limit=39,
+        seeds=(0, 1, 2),
+        eval_samples=4,
+        also_splits=HOUSEHOLD_SPLITS,
+    ),
     "tiny-searchqa": Plan(steps=30, eval_every=10, eval_limit=110, seeds=(0, 1, 2)),
 }
 QUICK = {
     "tiny-math": Plan(steps=10, eval_every=5, eval_limit=200, seeds=(0,)),
-    "tiny-household": Plan(steps=2, eval_every=2, eval_limit=4, seeds=(0,)),
+    "tiny-household": Plan(
+        steps=2, eval_every=2, eval_limit=4, seeds=(0,), also_splits=HOUSEHOLD_SPLITS
+    ),
     "tiny-searchqa": Plan(steps=2, eval_every=2, eval_limit=8, seeds=(0,)),
 }
 

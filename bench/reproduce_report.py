@@ -25,6 +25,10 @@ class Plan:
     eval_every: int
     eval_limit: int
     seeds: tuple[int, ...]
+    # Sessions per held-out task (success is their mean), and more held-out splits measured at
+    # each checkpoint beside the preset's eval_split, each reported as a curve of its own.
+    eval_samples: int = 1
+    also_splits: tuple[str, ...] = ()
 
 
 def bootstrap_ci(
@@ -115,9 +119,12 @@ def summarise(
     plans: dict[str, Plan],
     models: dict,
     order: Iterable[str],
+    split_bases: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Each preset's plan, model and one row per configuration, configurations in ``order``;
-    differences are against the first configuration of ``order`` that has runs."""
+    differences are against the first configuration of ``order`` that has runs. With
+    ``split_bases`` (preset → split → the base model's success, the preset's eval_split
+    first), each row also has a curve per split."""
     presets: dict[str, Any] = {}
     for preset, plan in plans.items():
         chosen = {
@@ -164,6 +171,7 @@ def summarise(
                 "w_at_divergence_tail": mean_of(tail_mean(r["w_at_divergence"]) for r in rows),
                 "w_below_half_tail": mean_of(tail_mean(r["w_below_half"]) for r in rows),
                 "wall_s_mean": mean_of(r["wall_s"] for r in rows),
+                "curves_by_split": split_curves(rows, (split_bases or {}).get(preset, {})),
             }
         presets[preset] = {
             "plan": vars(plan),
@@ -174,6 +182,23 @@ def summarise(
             "configs": configs,
         }
     return {"presets": presets}
+
+
+def split_curves(
+    runs: list[dict[str, Any]], bases: dict[str, float]
+) -> dict[str, dict[int, dict[str, float]]]:
+    """``curve`` on each split of ``bases`` (the first is the preset's eval_split, the runs'
+    ``success``; the others are read from their ``success_by_split``)."""
+    curves = {}
+    for index, (split, base) in enumerate(bases.items()):
+        if index == 0:
+            curves[split] = curve(runs, base)
+        else:
+            on_split = [
+                {**r, "success": r.get("success_by_split", {}).get(split, {})} for r in runs
+            ]
+            curves[split] = curve(on_split, base)
+    return curves
 
 
 def curve(runs: list[dict[str, Any]], base: float) -> dict[int, dict[str, float]]:
@@ -218,9 +243,12 @@ def markdown(summary: dict[str, Any]) -> str:
     for preset, block in summary["presets"].items():
         plan, reference = block["plan"], block["reference"]
         budget = block["sample_budget"]
+        samples = plan.get("eval_samples", 1)
+        sessions = f" × {samples} sessions" if samples > 1 else ""
         lines += [
             f"### {preset}: {plan['steps']} steps, seeds {list(plan['seeds'])}, "
-            f"held-out n = {plan['eval_limit']}, base model {block['base_success']:.3f}",
+            f"held-out n = {plan['eval_limit']}{sessions}, base model "
+            f"{block['base_success']:.3f}",
             "",
             f"Critique-free held-out success, mean over seeds [95% bootstrap CI]; Δ is the "
             f"difference from `{reference}` [its 95% CI]. Equal steps: after {plan['steps']} "
@@ -245,6 +273,7 @@ def markdown(summary: dict[str, Any]) -> str:
                 f"| {_number(row['w_at_divergence_tail'])} | {_number(row['w_below_half_tail'])} "
                 f"| {_number(row['wall_s_mean'], 0)} |"
             )
+        lines += split_table(block)
         lines += [
             "",
             "w̄ revision, w at divergence and w < 0.5 (the share of revision tokens with a weight "
@@ -253,6 +282,30 @@ def markdown(summary: dict[str, Any]) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def split_table(block: dict[str, Any]) -> list[str]:
+    """Markdown lines: per configuration and held-out split, the mean success over seeds at
+    every evaluated step (none when a single split was measured)."""
+    rows = [(c, row["curves_by_split"]) for c, row in block["configs"].items()]
+    if not rows or len(rows[0][1]) < 2:
+        return []
+    steps = sorted({int(s) for _, curves in rows for c in curves.values() for s in c})
+    samples = block["plan"].get("eval_samples", 1)
+    lines = [
+        "",
+        f"Critique-free success on each held-out split ({samples} session(s) a task), mean "
+        "over seeds; step 0 is the base model:",
+        "",
+        "| configuration | split | " + " | ".join(f"step {s}" for s in steps) + " |",
+        "|---|---|" + "---|" * len(steps),
+    ]
+    for config, curves in rows:
+        for split, points in curves.items():
+            by_step = {int(k): v["success"] for k, v in points.items()}
+            cells = [_number(by_step.get(s)) for s in steps]
+            lines.append(f"| {config} | {split} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> list[Path]:
@@ -266,10 +319,16 @@ def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> list
         seeds = len(block["plan"]["seeds"])
         for axis_key, xlabel in (("step", "training step"), ("samples", "samples generated")):
             fig, ax = plt.subplots(figsize=(6, 4))
-            for config, row in block["configs"].items():
-                points = sorted((int(k), v) for k, v in row["curve"].items())
-                xs = [s if axis_key == "step" else p["samples"] for s, p in points]
-                ax.plot(xs, [p["success"] for _, p in points], marker="o", ms=3, label=config)
+            for i, (config, row) in enumerate(block["configs"].items()):
+                # The preset's eval_split solid; any other split measured, dashed.
+                curves = row.get("curves_by_split") or {"": row["curve"]}
+                for k, (split, on_split) in enumerate(curves.items()):
+                    points = sorted((int(step), v) for step, v in on_split.items())
+                    xs = [s if axis_key == "step" else p["samples"] for s, p in points]
+                    ys = [p["success"] for _, p in points]
+                    label = f"{config} ({split})" if split else config
+                    style = "-" if k == 0 else "--"
+                    ax.plot(xs, ys, style, color=f"C{i}", marker="o", ms=3, label=label)
             if axis_key == "samples":
                 ax.axvline(block["sample_budget"], color="grey", lw=0.8, ls="--")
             title = f"{preset}: mean of {seeds} seed(s)"

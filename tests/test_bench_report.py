@@ -12,6 +12,8 @@ from reproduce_report import (  # noqa: E402 (bench/ is not a package)
     bootstrap_ci,
     cumulative_samples,
     sample_budget,
+    split_curves,
+    split_table,
     success_at_samples,
 )
 
@@ -69,5 +71,66 @@ def test_the_curves_measure_a_checkpoint_within_the_presets_turn_budget(monkeypa
     evaluator = reproduce.Evaluator(preset, Plan(steps=1, eval_every=1, eval_limit=7, seeds=(0,)))
     assert evaluator.success("some/checkpoint") == 0.25
     assert seen["turns"] == turns
-    assert seen["limit"] == 7 and seen["temperature"] == 1.0
-    assert seen["split"] == {"tiny-household": "eval_out_of_distribution"}.get(preset, "dev")
+    assert seen["limit"] == 7 and seen["temperature"] == 1.0 and seen["samples"] == 1
+    first = {"tiny-household": "eval_out_of_distribution"}.get(preset, "dev")
+    assert seen["split"] == first
+
+    splits = []
+    monkeypatch.setattr(
+        evaluate, "evaluate", lambda *a, **k: splits.append((a[4], k["samples"])) or record(*a, **k)
+    )
+    plan = Plan(steps=1, eval_every=1, eval_limit=7, seeds=(0,), eval_samples=3, also_splits=("x",))
+    assert reproduce.Evaluator(preset, plan).measure("m") == {first: 0.25, "x": 0.25}
+    assert splits == [(first, 3), ("x", 3)]
+
+
+def test_each_held_out_split_gets_a_curve_of_its_own():
+    """The preset's split is the runs' ``success``; another split is read from
+    ``success_by_split``; each point is the mean over seeds, step 0 the base model's."""
+    runs = [
+        {"samples": [10] * 4, "success": {2: 0.2, 4: 0.3}, "success_by_split": {"in": {2: 0.4}}},
+        {"samples": [10] * 4, "success": {2: 0.4, 4: 0.1}, "success_by_split": {"in": {2: 0.6}}},
+    ]
+    curves = split_curves(runs, {"out": 0.25, "in": 0.5})
+    assert list(curves) == ["out", "in"]
+    assert {s: p["success"] for s, p in curves["out"].items()} == pytest.approx(
+        {0: 0.25, 2: 0.3, 4: 0.2}
+    )
+    assert {s: p["success"] for s, p in curves["in"].items()} == pytest.approx({0: 0.5, 2: 0.5})
+    assert curves["in"][2]["samples"] == 20  # two steps of 10
+    block = {"plan": {"eval_samples": 4}, "configs": {"icrl": {"curves_by_split": curves}}}
+    table = split_table(block)
+    assert "| icrl | out | 0.250 | 0.300 | 0.200 |" in table
+    assert "| icrl | in | 0.500 | 0.500 | – |" in table
+    assert any("4 session(s) a task" in line for line in table)
+    # One split measured: the main table says it all.
+    assert split_table({**block, "configs": {"icrl": {"curves_by_split": {"out": {}}}}}) == []
+
+
+def test_a_checkpoint_is_measured_on_each_split_once(tmp_path):
+    """A stopped run's evals.json is kept: a checkpoint is measured again only when a split is
+    missing from it."""
+    import json
+
+    import reproduce
+
+    class Counting:
+        splits = ["out", "in"]
+
+        def __init__(self):
+            self.measured = []
+
+        def measure(self, model):
+            self.measured.append(Path(model).name)
+            return {"out": 0.1, "in": 0.2}
+
+    (tmp_path / "evals.json").write_text(
+        json.dumps({"10": {"out": 0.5, "in": 0.6}, "20": {"out": 0.7}})
+    )
+    evaluator = Counting()
+    evals = reproduce.evaluate_checkpoints(tmp_path, [10, 20, 30], evaluator)
+    assert evaluator.measured == ["step-20", "step-30"]
+    series = reproduce.success_series(evals, evaluator.splits)
+    assert series["success"] == {10: 0.5, 20: 0.1, 30: 0.1}
+    assert series["success_by_split"] == {"in": {10: 0.6, 20: 0.2, 30: 0.2}}
+    assert json.loads((tmp_path / "evals.json").read_text())["30"] == {"out": 0.1, "in": 0.2}
