@@ -38,8 +38,17 @@ LEAKY_CONFIGS: dict[str, list[str]] = {
         "algo.calibration='none'",
     ],
 }
+# Run only when named with --configs. Advantages normalised per (query, round, role): a
+# revision that succeeds after a critique then raises no bar for the same query's first
+# attempts, which under per-(query, role) grouping are pushed down even when all of them fail.
+ABLATIONS: dict[str, list[str]] = {
+    "icrl advantage_grouping=query_round_role": [
+        "algo.name='icrl'",
+        "algo.advantage_grouping='query_round_role'",
+    ],
+}
 EXPERIMENTS = {"main": CONFIGS, "leaky": LEAKY_CONFIGS}
-ALL_CONFIGS = {**CONFIGS, **LEAKY_CONFIGS}
+ALL_CONFIGS = {**CONFIGS, **LEAKY_CONFIGS, **ABLATIONS}
 
 
 def copy_leaks_model(out: Path) -> Path:
