@@ -149,9 +149,6 @@ class Evaluator:
             for split in self.splits
         }
 
-    def success(self, model: str) -> float:
-        return self.measure(model)[self.splits[0]]
-
 
 def metrics_series(run_dir: Path, key: str) -> list[float | None]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()

@@ -245,9 +245,10 @@ def markdown(summary: dict[str, Any]) -> str:
         budget = block["sample_budget"]
         samples = plan.get("eval_samples", 1)
         sessions = f" × {samples} sessions" if samples > 1 else ""
+        n = "up to " if plan.get("also_splits") else ""  # a split may hold fewer
         lines += [
             f"### {preset}: {plan['steps']} steps, seeds {list(plan['seeds'])}, "
-            f"held-out n = {plan['eval_limit']}{sessions}, base model "
+            f"held-out n = {n}{plan['eval_limit']}{sessions}, base model "
             f"{block['base_success']:.3f}",
             "",
             f"Critique-free held-out success, mean over seeds [95% bootstrap CI]; Δ is the "

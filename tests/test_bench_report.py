@@ -69,10 +69,10 @@ def test_the_curves_measure_a_checkpoint_within_the_presets_turn_budget(monkeypa
 
     monkeypatch.setattr(evaluate, "evaluate", record)
     evaluator = reproduce.Evaluator(preset, Plan(steps=1, eval_every=1, eval_limit=7, seeds=(0,)))
-    assert evaluator.success("some/checkpoint") == 0.25
+    first = {"tiny-household": "eval_out_of_distribution"}.get(preset, "dev")
+    assert evaluator.measure("some/checkpoint") == {first: 0.25}
     assert seen["turns"] == turns
     assert seen["limit"] == 7 and seen["temperature"] == 1.0 and seen["samples"] == 1
-    first = {"tiny-household": "eval_out_of_distribution"}.get(preset, "dev")
     assert seen["split"] == first
 
     splits = []
