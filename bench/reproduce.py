@@ -287,9 +287,9 @@ def base_success(preset: str, out: Path, evaluator: Evaluator) -> dict[str, floa
     measured = {"limit": plan.eval_limit, "samples": plan.eval_samples}
     cached = read_json(path)
     if cached is not None and all(cached.get(k) == v for k, v in measured.items()):
-        success = cached.get("by_split", {evaluator.splits[0]: cached["success"]})
-        if set(evaluator.splits) <= set(success):
-            return {split: success[split] for split in evaluator.splits}
+        # (A cache from before splits were measured has no "samples": it never gets here.)
+        if set(evaluator.splits) <= set(cached["by_split"]):
+            return {split: cached["by_split"][split] for split in evaluator.splits}
     model = evaluator.config.model.name
     success = evaluator.measure(model)
     path.parent.mkdir(parents=True, exist_ok=True)
